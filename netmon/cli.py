@@ -1,0 +1,344 @@
+"""Command line: ``netmon analyze`` (capture files) and ``netmon live`` (an interface).
+
+One error boundary in ``main``: expected failures become a one-line message
+and an exit status; a traceback appears only with ``--log-level debug``.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from . import __version__
+from .capture import CaptureError, CaptureFile
+from .decode import linktype_name
+from .metrics import DEFAULT_BUCKETS, DEFAULT_PREFIX, HealthCollector, HttpMetrics, new_registry
+from .pipeline import Pipeline, PortDiscovery
+from .report import EndpointTable, JsonlWriter, target_path
+from .stream import Limits
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("netmon")
+
+
+class UsageError(Exception):
+    """A command-line value that is invalid; exit status 2."""
+
+
+def main(argv=None):
+    sys.exit(run(sys.argv[1:] if argv is None else argv))
+
+
+def run(argv):
+    parser = build_parser()
+    if argv and argv[0].startswith("--iface"):
+        # `netmon --iface eth0 --port 8080` is the live agent's short form.
+        argv = ["live"] + list(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    configure_logging(args.log_level)
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        print(f"netmon: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (e.g. `| head`); nothing more to say.
+        sys.stderr.close()
+        return EXIT_OK
+
+
+def configure_logging(level_name):
+    logging.basicConfig(
+        level=getattr(logging, level_name.upper()),
+        format="netmon: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="netmon",
+        description="Passive HTTP/1.x bandwidth monitor: TCP packets in, Prometheus metrics out.",
+    )
+    parser.add_argument("--version", action="version", version=f"netmon {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="analyse pcap/pcapng files (gzip allowed) and report HTTP traffic per endpoint",
+        description="Read capture files in order, as one capture, and report their HTTP/1.x transactions.",
+    )
+    analyze.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng file, optionally gzip-compressed")
+    add_common_options(analyze)
+    analyze.add_argument(
+        "--format",
+        choices=("table", "jsonl", "prometheus"),
+        default="table",
+        help="table: per endpoint and status; jsonl: one JSON object per transaction; "
+        "prometheus: the text exposition the live agent would serve (default: table)",
+    )
+    analyze.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr; auto shows it on a terminal once a file takes over 2 s",
+    )
+    analyze.set_defaults(handler=cmd_analyze)
+    return parser
+
+
+def add_common_options(parser):
+    parser.add_argument(
+        "--port",
+        action="append",
+        type=port_number,
+        default=[],
+        metavar="N",
+        help="server port to monitor (repeatable); analyze detects ports when none is given",
+    )
+    parser.add_argument(
+        "--metric-prefix",
+        default=DEFAULT_PREFIX,
+        help=f"prefix of the HTTP metric names (default: {DEFAULT_PREFIX})",
+    )
+    parser.add_argument(
+        "--buckets",
+        type=bucket_list,
+        default=DEFAULT_BUCKETS,
+        metavar="B1,B2,...",
+        help="size histogram bucket bounds in bytes (default: 100,1e3,...,1e9)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a connection after this much capture time without packets (default: 300)",
+    )
+    parser.add_argument(
+        "--max-memory-mb",
+        type=positive_float,
+        default=256.0,
+        metavar="MB",
+        help="total out-of-order reassembly buffer; past it the oldest holes are declared lost (default: 256)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=1_000_000,
+        metavar="N",
+        help="connections tracked at once; past it the oldest is closed and counted (default: 1000000)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="log verbosity on stderr (default: warning)",
+    )
+
+
+def port_number(text):
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a number from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: expected a number from 1 to 65535")
+    return port
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be greater than 0")
+    return value
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be greater than 0")
+    return value
+
+
+def bucket_list(text):
+    try:
+        buckets = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid bucket list {text!r}: expected numbers separated by commas") from None
+    if not buckets or list(buckets) != sorted(set(buckets)):
+        raise argparse.ArgumentTypeError(f"invalid bucket list {text!r}: bounds must be distinct and ascending")
+    return buckets
+
+
+def limits_from(args):
+    return Limits(
+        max_total_buffer=int(args.max_memory_mb * (1 << 20)),
+        max_flows=args.max_connections,
+        idle_timeout=args.idle_timeout,
+    )
+
+
+# -- analyze ---------------------------------------------------------------
+
+
+def cmd_analyze(args):
+    status = EXIT_OK
+    ports = args.port
+    port_note = None
+    if not ports:
+        discovery = PortDiscovery()
+        for path in args.files:
+            if read_file(path, discovery.packet, progress="never") is not None:
+                status = EXIT_INCOMPLETE
+        ports = discovery.ports()
+        port_note = discovery.describe()
+        log.warning("%s", port_note) if not ports else log.info("%s", port_note)
+        if not ports:
+            print(f"netmon: {port_note}", file=sys.stderr)
+            return EXIT_INCOMPLETE
+
+    endpoint_of = target_path
+    registry = new_registry()
+    metrics = HttpMetrics(registry, endpoint_of, prefix=args.metric_prefix, buckets=args.buckets)
+    sinks = [metrics.observe]
+    table = None
+    if args.format == "jsonl":
+        sinks.append(JsonlWriter(sys.stdout, endpoint_of))
+    elif args.format == "table":
+        table = EndpointTable(endpoint_of)
+        sinks.append(table)
+
+    def sink(transaction):
+        for consumer in sinks:
+            consumer(transaction)
+
+    pipeline = Pipeline(ports, sink, limits_from(args))
+    registry.register(HealthCollector(pipeline))
+    problems = []
+    for path in args.files:
+        problem = read_file(path, pipeline.packet, progress=args.progress)
+        if problem is not None:
+            problems.append(problem)
+            status = EXIT_INCOMPLETE
+    pipeline.finish()
+
+    if args.format == "prometheus":
+        from prometheus_client import generate_latest
+
+        sys.stdout.write(generate_latest(registry).decode("utf-8"))
+    elif args.format == "table":
+        if port_note:
+            print(port_note)
+        else:
+            print("server ports: " + ", ".join(str(port) for port in sorted(ports)))
+        sys.stdout.write(table.render())
+        sys.stdout.write(summary(pipeline, args.files, problems))
+    sys.stdout.flush()
+    return status
+
+
+def read_file(path, handle_packet, progress):
+    """Feed every packet of one file to ``handle_packet``; return an error text or None."""
+    capture = CaptureFile(path)
+    try:
+        capture.open()
+        bar = Progress(path, capture, progress)
+        check_every = 1 << 14
+        countdown = check_every
+        for ts, linktype, data, wirelen in capture:
+            handle_packet(ts, linktype, data, wirelen)
+            countdown -= 1
+            if countdown == 0:
+                countdown = check_every
+                bar.update()
+        bar.done()
+    except CaptureError as error:
+        message = error.describe()
+        if capture.packets:
+            message += f"; the {capture.packets} packets before it are counted"
+        print(f"netmon: error: {message}", file=sys.stderr)
+        return message
+    finally:
+        capture.close()
+    for linktype, first_packet in sorted(capture.unsupported_linktypes.items()):
+        message = (
+            f"{path} (packet {first_packet}): {linktype_name(linktype)} is not supported; "
+            "its packets are counted in netmon_packets_skipped_total{reason=\"unsupported_link\"}"
+        )
+        print(f"netmon: error: {message}", file=sys.stderr)
+        return message
+    return None
+
+
+def summary(pipeline, files, problems):
+    table = pipeline.table
+    unattributed = sum(table.inbound.unattributed.values()) + sum(table.outbound.unattributed.values())
+    skipped = sum(table.skipped.values())
+    lines = [
+        "",
+        f"files: {len(files)}, packets: {pipeline.packets}, skipped: {skipped}, "
+        f"connections: {table.flows_created}, transactions: {table.transactions}",
+        f"payload bytes: inbound {table.inbound.payload}, outbound {table.outbound.payload}; "
+        f"unattributed: {unattributed}",
+    ]
+    if skipped:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(table.skipped.items()) if count)
+        lines.append(f"skipped packets: {reasons}")
+    for problem in problems:
+        lines.append(f"incomplete input: {problem}")
+    return "\n".join(lines) + "\n"
+
+
+class Progress:
+    """A one-line progress bar on stderr for files that take a while."""
+
+    DELAY_S = 2.0
+
+    def __init__(self, path, capture, mode):
+        self.path = os.path.basename(str(path))
+        self.capture = capture
+        self.enabled = mode == "always" or (mode == "auto" and sys.stderr.isatty())
+        self.started = time.monotonic()
+        self.size = capture.size() if self.enabled else 0
+        self.shown = False
+
+    def update(self):
+        if not self.enabled or not self.size:
+            return
+        elapsed = time.monotonic() - self.started
+        if elapsed < self.DELAY_S and self.capture.position() < self.size:
+            return
+        fraction = min(1.0, self.capture.position() / self.size)
+        width = 30
+        filled = int(fraction * width)
+        sys.stderr.write(
+            f"\r{self.path}: [{'#' * filled}{'.' * (width - filled)}] {fraction:6.1%} "
+            f"{self.capture.packets} packets {elapsed:.0f}s"
+        )
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self):
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Prometheus metrics: the dashboard's HTTP families and netmon's own health.
+
+The ``<prefix>_*`` names, labels and default buckets are fixed because
+existing dashboards query them. Health metrics use the ``netmon_`` prefix and
+are read from the pipeline's plain counters at scrape time, so the packet
+path never touches a prometheus-client object.
+"""
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .decode import SKIP_REASONS
+from .http import PARSE_ERROR_REASONS, UNATTRIBUTED_REASONS
+
+# Creation-time series (`*_created`) carry the wall clock, which would make
+# two analyses of the same capture differ; netmon's output depends only on
+# the packets.
+prometheus_client.disable_created_metrics()
+
+DEFAULT_PREFIX = "scheduler_http"
+# 100 B to 1 GB, factor 10 (eight buckets plus +Inf).
+DEFAULT_BUCKETS = (1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9)
+
+# Label values for transactions whose request was not captured.
+UNKNOWN_METHOD = "UNKNOWN"
+UNKNOWN_ENDPOINT = "/{unknown}"
+
+EVICTION_REASONS = ("idle", "memory", "table_full")
+TRANSACTION_OUTCOMES = ("complete", "incomplete", "no_response", "no_request")
+
+
+class HttpMetrics:
+    """The ``<prefix>_*`` families, updated once per transaction."""
+
+    def __init__(self, registry, endpoint_of, method_of=None, prefix=DEFAULT_PREFIX, buckets=DEFAULT_BUCKETS):
+        self.endpoint_of = endpoint_of
+        self.method_of = method_of or (lambda method: method)
+        self.request_bytes = Counter(
+            f"{prefix}_request_bytes",
+            "HTTP request bytes on the wire (start line, headers and body, chunk framing included).",
+            ["method", "endpoint"],
+            registry=registry,
+        )
+        self.response_bytes = Counter(
+            f"{prefix}_response_bytes",
+            "HTTP response bytes on the wire, interim 1xx responses included.",
+            ["method", "endpoint", "status"],
+            registry=registry,
+        )
+        self.request_size = Histogram(
+            f"{prefix}_request_size_bytes",
+            "Size of HTTP requests on the wire, in bytes.",
+            ["method", "endpoint"],
+            buckets=buckets,
+            registry=registry,
+        )
+        self.response_size = Histogram(
+            f"{prefix}_response_size_bytes",
+            "Size of HTTP responses on the wire, in bytes.",
+            ["method", "endpoint", "status"],
+            buckets=buckets,
+            registry=registry,
+        )
+        self.bandwidth = Counter(
+            f"{prefix}_bandwidth_bytes",
+            "HTTP bytes by direction: inbound are requests, outbound are responses.",
+            ["direction"],
+            registry=registry,
+        )
+        self.requests = Counter(
+            f"{prefix}_requests",
+            "HTTP requests seen.",
+            registry=registry,
+        )
+        self.transactions = Counter(
+            "netmon_http_transactions",
+            "HTTP transactions by outcome: complete, incomplete (cut by a gap, reset or end of capture), "
+            "no_response, no_request (the request was not captured).",
+            ["outcome"],
+            registry=registry,
+        )
+        request_avg = Gauge(
+            f"{prefix}_request_size_bytes_avg",
+            "Mean HTTP request size in bytes since start.",
+            registry=registry,
+        )
+        response_avg = Gauge(
+            f"{prefix}_response_size_bytes_avg",
+            "Mean HTTP response size in bytes since start.",
+            registry=registry,
+        )
+        self._inbound = self.bandwidth.labels("inbound")
+        self._outbound = self.bandwidth.labels("outbound")
+        for outcome in TRANSACTION_OUTCOMES:
+            self.transactions.labels(outcome)
+        self._outcomes = {outcome: self.transactions.labels(outcome) for outcome in TRANSACTION_OUTCOMES}
+        self.request_total = 0
+        self.request_count = 0
+        self.response_total = 0
+        self.response_count = 0
+        request_avg.set_function(lambda: self.request_total / self.request_count if self.request_count else 0.0)
+        response_avg.set_function(lambda: self.response_total / self.response_count if self.response_count else 0.0)
+        # Children cached per label set: labels() costs several microseconds.
+        self._request_children = {}
+        self._response_children = {}
+
+    def observe(self, transaction):
+        request = transaction.request
+        response = transaction.response
+        if request is not None:
+            method = self.method_of(request.method)
+            endpoint = self.endpoint_of(request.target)
+        else:
+            method = UNKNOWN_METHOD
+            endpoint = UNKNOWN_ENDPOINT
+
+        if request is not None:
+            size = request.wire_bytes
+            self.requests.inc()
+            self._inbound.inc(size)
+            self.request_total += size
+            self.request_count += 1
+            if endpoint is not None:
+                key = (method, endpoint)
+                children = self._request_children.get(key)
+                if children is None:
+                    children = self._request_children[key] = (
+                        self.request_bytes.labels(method, endpoint),
+                        self.request_size.labels(method, endpoint),
+                    )
+                children[0].inc(size)
+                children[1].observe(size)
+
+        if response is not None:
+            size = response.wire_bytes
+            self._outbound.inc(size)
+            self.response_total += size
+            self.response_count += 1
+            if endpoint is not None:
+                key = (method, endpoint, response.status)
+                children = self._response_children.get(key)
+                if children is None:
+                    status = str(response.status)
+                    children = self._response_children[key] = (
+                        self.response_bytes.labels(method, endpoint, status),
+                        self.response_size.labels(method, endpoint, status),
+                    )
+                children[0].inc(size)
+                children[1].observe(size)
+
+        if response is None:
+            outcome = "no_response"
+        elif request is None:
+            outcome = "no_request"
+        elif transaction.complete:
+            outcome = "complete"
+        else:
+            outcome = "incomplete"
+        self._outcomes[outcome].inc()
+
+
+class HealthCollector:
+    """netmon's own ``netmon_*`` metrics, read from a pipeline at scrape time."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+
+    def collect(self):
+        pipeline = self.pipeline
+        table = pipeline.table
+
+        yield _counter("netmon_packets_read", "Packets read from the capture source.", pipeline.packets)
+        yield _counter("netmon_bytes_read", "Bytes read from the capture source, as on the wire.", pipeline.wire_bytes)
+        yield _counter(
+            "netmon_packets_skipped",
+            "Packets netmon read but could not use, by reason.",
+            None,
+            ["reason"],
+            [((reason,), table.skipped.get(reason, 0)) for reason in SKIP_REASONS],
+        )
+        yield _counter(
+            "netmon_tso_packets",
+            "Frames captured before segmentation offload (IP length 0), decoded from the captured length.",
+            pipeline.tso_packets,
+        )
+
+        directions = (("inbound", table.inbound), ("outbound", table.outbound))
+        yield _counter(
+            "netmon_tcp_payload_bytes",
+            "TCP payload bytes proven by sequence numbers, lost bytes included, retransmissions once.",
+            None,
+            ["direction"],
+            [((name, ), counters.payload) for name, counters in directions],
+        )
+        yield _counter(
+            "netmon_http_message_bytes",
+            "TCP payload bytes attributed to HTTP messages.",
+            None,
+            ["direction"],
+            [((name, ), counters.attributed) for name, counters in directions],
+        )
+        yield _counter(
+            "netmon_unattributed_bytes",
+            "TCP payload bytes attributed to no HTTP message, by reason.",
+            None,
+            ["direction", "reason"],
+            [
+                ((name, reason), counters.unattributed[reason])
+                for name, counters in directions
+                for reason in UNATTRIBUTED_REASONS
+            ],
+        )
+        yield _counter(
+            "netmon_tcp_retransmitted_bytes",
+            "TCP payload bytes seen more than once (retransmissions and overlaps), counted once in payload.",
+            None,
+            ["direction"],
+            [((name, ), counters.retransmitted) for name, counters in directions],
+        )
+        yield _counter(
+            "netmon_tcp_gaps",
+            "Holes in TCP sequence space declared lost.",
+            None,
+            ["direction"],
+            [((name, ), counters.gaps) for name, counters in directions],
+        )
+        yield _counter(
+            "netmon_http_parse_errors",
+            "HTTP protocol errors, by reason.",
+            None,
+            ["reason"],
+            [((reason,), table.parse_errors.get(reason, 0)) for reason in PARSE_ERROR_REASONS],
+        )
+        yield _counter("netmon_connections", "TCP connections tracked since start.", table.flows_created)
+        yield _counter(
+            "netmon_connections_evicted",
+            "Connections closed early to bound memory or after idling, by reason.",
+            None,
+            ["reason"],
+            [((reason,), table.evicted.get(reason, 0)) for reason in EVICTION_REASONS],
+        )
+        yield _counter(
+            "netmon_http_unmatched_evicted",
+            "Requests or responses given up on because too many were waiting for a partner.",
+            table.unmatched_evicted,
+        )
+        tracked = GaugeMetricFamily("netmon_connections_tracked", "TCP connections currently tracked.")
+        tracked.add_metric([], len(table.flows))
+        yield tracked
+        buffered = GaugeMetricFamily(
+            "netmon_reassembly_buffer_bytes", "Bytes held in out-of-order reassembly buffers."
+        )
+        buffered.add_metric([], table.buffered)
+        yield buffered
+
+
+def _counter(name, documentation, value, labels=None, samples=()):
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    if labels is None:
+        family.add_metric([], value)
+    else:
+        for label_values, sample in samples:
+            family.add_metric(list(label_values), sample)
+    return family
+
+
+def new_registry():
+    return CollectorRegistry(auto_describe=False)

@@ -1,0 +1,131 @@
+"""Output formats for ``netmon analyze``: per-endpoint table and jsonl."""
+
+import ipaddress
+import json
+import math
+
+from .metrics import UNKNOWN_ENDPOINT, UNKNOWN_METHOD
+
+
+def target_path(target):
+    """Return a request target's path: query and fragment removed.
+
+    Absolute-form (``http://host/p?q``) gives ``/p``; asterisk-form and
+    authority-form (CONNECT) are returned as they are.
+    """
+    if target is None:
+        return None
+    if "://" in target[:16] and not target.startswith("/"):
+        rest = target.split("://", 1)[1]
+        slash = rest.find("/")
+        target = rest[slash:] if slash >= 0 else "/"
+    for mark in "?#":
+        cut = target.find(mark)
+        if cut >= 0:
+            target = target[:cut]
+    return target or "/"
+
+
+def format_endpoint(address):
+    ip, port = address
+    text = str(ipaddress.ip_address(ip))
+    if len(ip) == 16:
+        return f"[{text}]:{port}"
+    return f"{text}:{port}"
+
+
+class JsonlWriter:
+    """Write one JSON object per transaction to a text stream."""
+
+    def __init__(self, out, endpoint_of):
+        self.out = out
+        self.endpoint_of = endpoint_of
+
+    def __call__(self, transaction):
+        self.out.write(json.dumps(transaction_record(transaction, self.endpoint_of)) + "\n")
+
+
+def transaction_record(transaction, endpoint_of):
+    request = transaction.request
+    response = transaction.response
+    first = request if request is not None else response
+    last = response if response is not None else request
+    record = {
+        "ts": round(first.start_ts, 6),
+        "client": format_endpoint(transaction.client),
+        "server": format_endpoint(transaction.server),
+        "method": request.method if request is not None else None,
+        "path": target_path(request.target) if request is not None else None,
+        "endpoint": endpoint_of(request.target) if request is not None else None,
+        "status": response.status if response is not None else None,
+        "request_bytes": request.wire_bytes if request is not None else 0,
+        "response_bytes": response.wire_bytes if response is not None else 0,
+        "duration_s": round(max(0.0, last.end_ts - first.start_ts), 6),
+        "complete": transaction.complete,
+    }
+    if response is not None and response.interim:
+        record["interim"] = list(response.interim)
+    return record
+
+
+class EndpointTable:
+    """Aggregate transactions per (method, endpoint, status) for the table view."""
+
+    def __init__(self, endpoint_of, method_of=None):
+        self.endpoint_of = endpoint_of
+        self.method_of = method_of or (lambda method: method)
+        self.rows = {}
+
+    def __call__(self, transaction):
+        request = transaction.request
+        response = transaction.response
+        if request is not None:
+            method = self.method_of(request.method)
+            endpoint = self.endpoint_of(request.target)
+            if endpoint is None:
+                return
+        else:
+            method, endpoint = UNKNOWN_METHOD, UNKNOWN_ENDPOINT
+        status = str(response.status) if response is not None else "-"
+        row = self.rows.get((method, endpoint, status))
+        if row is None:
+            row = self.rows[(method, endpoint, status)] = ([], [])
+        row[0].append(request.wire_bytes if request is not None else 0)
+        row[1].append(response.wire_bytes if response is not None else 0)
+
+    def render(self):
+        header = ("METHOD", "ENDPOINT", "STATUS", "REQUESTS", "REQ_BYTES", "RESP_BYTES",
+                  "REQ_P50", "REQ_P95", "RESP_P50", "RESP_P95")
+        lines = [header]
+        total_requests = total_in = total_out = 0
+        for (method, endpoint, status), (request_sizes, response_sizes) in sorted(self.rows.items()):
+            request_sizes.sort()
+            response_sizes.sort()
+            lines.append((
+                method, endpoint, status, str(len(request_sizes)),
+                str(sum(request_sizes)), str(sum(response_sizes)),
+                str(percentile(request_sizes, 50)), str(percentile(request_sizes, 95)),
+                str(percentile(response_sizes, 50)), str(percentile(response_sizes, 95)),
+            ))
+            total_requests += len(request_sizes)
+            total_in += sum(request_sizes)
+            total_out += sum(response_sizes)
+        lines.append(("TOTAL", "", "", str(total_requests), str(total_in), str(total_out), "", "", "", ""))
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        numeric = set(range(3, len(header)))
+        out = []
+        for line in lines:
+            cells = [
+                cell.rjust(width) if i in numeric else cell.ljust(width)
+                for i, (cell, width) in enumerate(zip(line, widths))
+            ]
+            out.append("  ".join(cells).rstrip())
+        return "\n".join(out) + "\n"
+
+
+def percentile(sorted_values, q):
+    """Nearest-rank percentile of an ascending list (0 for an empty one)."""
+    if not sorted_values:
+        return 0
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
