@@ -13,9 +13,10 @@ import time
 from . import __version__
 from .capture import CaptureError, CaptureFile
 from .decode import linktype_name
-from .metrics import DEFAULT_BUCKETS, DEFAULT_PREFIX, HealthCollector, HttpMetrics, new_registry
+from .metrics import DEFAULT_BUCKETS, DEFAULT_PREFIX, HealthCollector, HttpMetrics, LabelPolicy, new_registry
 from .pipeline import Pipeline, PortDiscovery
-from .report import EndpointTable, JsonlWriter, target_path
+from .report import EndpointTable, JsonlWriter
+from .routes import UNMATCHED_MODES, EndpointMapper, RouteConfigError, load_openapi, load_routes_file
 from .stream import Limits
 
 EXIT_OK = 0
@@ -92,6 +93,11 @@ def build_parser():
         default="auto",
         help="progress bar on stderr; auto shows it on a terminal once a file takes over 2 s",
     )
+    analyze.add_argument(
+        "--show-endpoint-map",
+        action="store_true",
+        help="also print which raw paths went to which endpoint label, to tune --route templates",
+    )
     analyze.set_defaults(handler=cmd_analyze)
     return parser
 
@@ -116,6 +122,40 @@ def add_common_options(parser):
         default=DEFAULT_BUCKETS,
         metavar="B1,B2,...",
         help="size histogram bucket bounds in bytes (default: 100,1e3,...,1e9)",
+    )
+    routes = parser.add_argument_group("endpoint labels")
+    routes.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="TEMPLATE",
+        help="route template such as /nodes/{id}/heartbeat or /static/* (repeatable); "
+        "the most specific match is the endpoint label",
+    )
+    routes.add_argument(
+        "--routes-file",
+        metavar="FILE",
+        help="TOML file with routes = [...], unmatched and max_endpoints (see examples/scheduler-routes.toml)",
+    )
+    routes.add_argument(
+        "--routes-from",
+        action="append",
+        default=[],
+        metavar="OPENAPI",
+        help="OpenAPI 3 document (YAML or JSON) whose paths become route templates (repeatable)",
+    )
+    routes.add_argument(
+        "--unmatched",
+        choices=UNMATCHED_MODES,
+        help="label of paths no template matches: heuristic replaces id-like segments with {id}, "
+        "path keeps the path, wildcard gives /*, drop leaves them out of per-endpoint series "
+        "(default: heuristic)",
+    )
+    routes.add_argument(
+        "--max-endpoints",
+        type=positive_int,
+        metavar="N",
+        help="distinct endpoint labels from unmatched paths before new ones go to /{other} (default: 100)",
     )
     parser.add_argument(
         "--idle-timeout",
@@ -186,6 +226,24 @@ def bucket_list(text):
     return buckets
 
 
+def endpoint_mapper_from(args):
+    """Build the endpoint mapper from --routes-file, --routes-from and --route."""
+    try:
+        arguments = load_routes_file(args.routes_file) if args.routes_file else {"templates": []}
+        templates = list(arguments.pop("templates"))
+        for document in args.routes_from:
+            templates.extend(load_openapi(document))
+        templates.extend(args.route)
+        if args.unmatched:
+            arguments["unmatched"] = args.unmatched
+        if args.max_endpoints:
+            arguments["max_endpoints"] = args.max_endpoints
+        # The same template from two sources is one route.
+        return EndpointMapper(templates=list(dict.fromkeys(templates)), **arguments)
+    except RouteConfigError as error:
+        raise UsageError(str(error)) from None
+
+
 def limits_from(args):
     return Limits(
         max_total_buffer=int(args.max_memory_mb * (1 << 20)),
@@ -199,6 +257,7 @@ def limits_from(args):
 
 def cmd_analyze(args):
     status = EXIT_OK
+    mapper = endpoint_mapper_from(args)
     ports = args.port
     port_note = None
     if not ports:
@@ -213,23 +272,24 @@ def cmd_analyze(args):
             print(f"netmon: {port_note}", file=sys.stderr)
             return EXIT_INCOMPLETE
 
-    endpoint_of = target_path
+    policy = LabelPolicy(mapper)
     registry = new_registry()
-    metrics = HttpMetrics(registry, endpoint_of, prefix=args.metric_prefix, buckets=args.buckets)
-    sinks = [metrics.observe]
+    metrics = HttpMetrics(registry, prefix=args.metric_prefix, buckets=args.buckets)
+    consumers = [metrics.observe]
     table = None
     if args.format == "jsonl":
-        sinks.append(JsonlWriter(sys.stdout, endpoint_of))
+        consumers.append(JsonlWriter(sys.stdout, mapper.path))
     elif args.format == "table":
-        table = EndpointTable(endpoint_of)
-        sinks.append(table)
+        table = EndpointTable()
+        consumers.append(table)
 
     def sink(transaction):
-        for consumer in sinks:
-            consumer(transaction)
+        method, endpoint = policy.labels(transaction)
+        for consumer in consumers:
+            consumer(transaction, method, endpoint)
 
     pipeline = Pipeline(ports, sink, limits_from(args))
-    registry.register(HealthCollector(pipeline))
+    registry.register(HealthCollector(pipeline, policy))
     problems = []
     for path in args.files:
         problem = read_file(path, pipeline.packet, progress=args.progress)
@@ -249,6 +309,9 @@ def cmd_analyze(args):
             print("server ports: " + ", ".join(str(port) for port in sorted(ports)))
         sys.stdout.write(table.render())
         sys.stdout.write(summary(pipeline, args.files, problems))
+    if args.show_endpoint_map:
+        out = sys.stdout if args.format == "table" else sys.stderr
+        out.write(endpoint_map_text(mapper))
     sys.stdout.flush()
     return status
 
@@ -284,6 +347,15 @@ def read_file(path, handle_packet, progress):
         print(f"netmon: error: {message}", file=sys.stderr)
         return message
     return None
+
+
+def endpoint_map_text(mapper):
+    mapping = mapper.endpoint_map()
+    width = max((len(path) for path in mapping), default=4)
+    lines = ["", f"{'PATH'.ljust(width)}  ENDPOINT"]
+    for path, endpoint in sorted(mapping.items()):
+        lines.append(f"{path.ljust(width)}  {endpoint}")
+    return "\n".join(lines) + "\n"
 
 
 def summary(pipeline, files, problems):

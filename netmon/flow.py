@@ -67,6 +67,7 @@ class Flow:
                 if msg.is_request:
                     self._request_started(msg)
             elif kind == END:
+                msg.ended = True
                 if msg.upgrade and not msg.is_request:
                     self.requests.parser.enter_tunnel()
                 self._settle(msg)

@@ -127,6 +127,8 @@ class Message:
         "start_ts", "end_ts", "start_seq", "ack", "wire_bytes", "complete",
         "after_gap", "ended", "peer", "upgrade",
     )
+    # ``ended`` is set by the consumer of the END event, not by the parser,
+    # so that a START and END in one batch of events are seen in order.
 
     def __init__(self, is_request, start_ts, start_seq, ack):
         self.is_request = is_request
@@ -432,7 +434,7 @@ class MessageParser:
         if newline >= 0 and pattern.match(head, 0, newline + 1):
             msg = self._new_message(head[:newline + 1], ts)
             if msg is not None:
-                msg.wire_bytes += len(head) - (newline + 1)
+                msg.wire_bytes += len(head)
                 msg.complete = False
                 self.head = None
                 self._finish()
@@ -676,7 +678,6 @@ class MessageParser:
 
     def _finish(self):
         msg = self.msg
-        msg.ended = True
         self.counters.attributed += msg.wire_bytes
         self.events.append((END, msg))
         self.msg = None

@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .decode import SKIP_REASONS
 from .http import PARSE_ERROR_REASONS, UNATTRIBUTED_REASONS
+from .routes import normalize_method
 
 # Creation-time series (`*_created`) carry the wall clock, which would make
 # two analyses of the same capture differ; netmon's output depends only on
@@ -30,12 +31,33 @@ EVICTION_REASONS = ("idle", "memory", "table_full")
 TRANSACTION_OUTCOMES = ("complete", "incomplete", "no_response", "no_request")
 
 
+class LabelPolicy:
+    """Turn a transaction into its bounded ``method`` and ``endpoint`` label values.
+
+    Methods outside the standard set become ``OTHER``; targets go through the
+    endpoint mapper (route templates, id heuristics, cardinality limit).
+    Both are computed once per transaction and shared by every output.
+    """
+
+    def __init__(self, mapper):
+        self.mapper = mapper
+        self.other_methods = 0
+
+    def labels(self, transaction):
+        """Return (method, endpoint); endpoint is None when the mapper drops the path."""
+        request = transaction.request
+        if request is None:
+            return UNKNOWN_METHOD, UNKNOWN_ENDPOINT
+        method = normalize_method(request.method)
+        if method == "OTHER":
+            self.other_methods += 1
+        return method, self.mapper.endpoint(request.target)
+
+
 class HttpMetrics:
     """The ``<prefix>_*`` families, updated once per transaction."""
 
-    def __init__(self, registry, endpoint_of, method_of=None, prefix=DEFAULT_PREFIX, buckets=DEFAULT_BUCKETS):
-        self.endpoint_of = endpoint_of
-        self.method_of = method_of or (lambda method: method)
+    def __init__(self, registry, prefix=DEFAULT_PREFIX, buckets=DEFAULT_BUCKETS):
         self.request_bytes = Counter(
             f"{prefix}_request_bytes",
             "HTTP request bytes on the wire (start line, headers and body, chunk framing included).",
@@ -105,16 +127,9 @@ class HttpMetrics:
         self._request_children = {}
         self._response_children = {}
 
-    def observe(self, transaction):
+    def observe(self, transaction, method, endpoint):
         request = transaction.request
         response = transaction.response
-        if request is not None:
-            method = self.method_of(request.method)
-            endpoint = self.endpoint_of(request.target)
-        else:
-            method = UNKNOWN_METHOD
-            endpoint = UNKNOWN_ENDPOINT
-
         if request is not None:
             size = request.wire_bytes
             self.requests.inc()
@@ -163,12 +178,14 @@ class HttpMetrics:
 class HealthCollector:
     """netmon's own ``netmon_*`` metrics, read from a pipeline at scrape time."""
 
-    def __init__(self, pipeline):
+    def __init__(self, pipeline, label_policy):
         self.pipeline = pipeline
+        self.label_policy = label_policy
 
     def collect(self):
         pipeline = self.pipeline
         table = pipeline.table
+        policy = self.label_policy
 
         yield _counter("netmon_packets_read", "Packets read from the capture source.", pipeline.packets)
         yield _counter("netmon_bytes_read", "Bytes read from the capture source, as on the wire.", pipeline.wire_bytes)
@@ -244,6 +261,16 @@ class HealthCollector:
             "netmon_http_unmatched_evicted",
             "Requests or responses given up on because too many were waiting for a partner.",
             table.unmatched_evicted,
+        )
+        yield _counter(
+            "netmon_endpoint_overflow",
+            "Requests labelled with the overflow endpoint because the distinct endpoint limit was reached.",
+            policy.mapper.overflow_total,
+        )
+        yield _counter(
+            "netmon_method_other",
+            "Requests whose method is outside the standard set, labelled OTHER.",
+            policy.other_methods,
         )
         tracked = GaugeMetricFamily("netmon_connections_tracked", "TCP connections currently tracked.")
         tracked.add_metric([], len(table.flows))

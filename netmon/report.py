@@ -4,26 +4,6 @@ import ipaddress
 import json
 import math
 
-from .metrics import UNKNOWN_ENDPOINT, UNKNOWN_METHOD
-
-
-def target_path(target):
-    """Return a request target's path: query and fragment removed.
-
-    Absolute-form (``http://host/p?q``) gives ``/p``; asterisk-form and
-    authority-form (CONNECT) are returned as they are.
-    """
-    if target is None:
-        return None
-    if "://" in target[:16] and not target.startswith("/"):
-        rest = target.split("://", 1)[1]
-        slash = rest.find("/")
-        target = rest[slash:] if slash >= 0 else "/"
-    for mark in "?#":
-        cut = target.find(mark)
-        if cut >= 0:
-            target = target[:cut]
-    return target or "/"
 
 
 def format_endpoint(address):
@@ -37,15 +17,17 @@ def format_endpoint(address):
 class JsonlWriter:
     """Write one JSON object per transaction to a text stream."""
 
-    def __init__(self, out, endpoint_of):
+    def __init__(self, out, path_of):
         self.out = out
-        self.endpoint_of = endpoint_of
+        self.path_of = path_of
 
-    def __call__(self, transaction):
-        self.out.write(json.dumps(transaction_record(transaction, self.endpoint_of)) + "\n")
+    def __call__(self, transaction, method, endpoint):
+        record = transaction_record(transaction, self.path_of, endpoint)
+        self.out.write(json.dumps(record) + "\n")
 
 
-def transaction_record(transaction, endpoint_of):
+def transaction_record(transaction, path_of, endpoint):
+    """Return the jsonl object of a transaction; ``endpoint`` is its metric label."""
     request = transaction.request
     response = transaction.response
     first = request if request is not None else response
@@ -55,8 +37,8 @@ def transaction_record(transaction, endpoint_of):
         "client": format_endpoint(transaction.client),
         "server": format_endpoint(transaction.server),
         "method": request.method if request is not None else None,
-        "path": target_path(request.target) if request is not None else None,
-        "endpoint": endpoint_of(request.target) if request is not None else None,
+        "path": path_of(request.target) if request is not None else None,
+        "endpoint": endpoint if request is not None else None,
         "status": response.status if response is not None else None,
         "request_bytes": request.wire_bytes if request is not None else 0,
         "response_bytes": response.wire_bytes if response is not None else 0,
@@ -71,21 +53,14 @@ def transaction_record(transaction, endpoint_of):
 class EndpointTable:
     """Aggregate transactions per (method, endpoint, status) for the table view."""
 
-    def __init__(self, endpoint_of, method_of=None):
-        self.endpoint_of = endpoint_of
-        self.method_of = method_of or (lambda method: method)
+    def __init__(self):
         self.rows = {}
 
-    def __call__(self, transaction):
+    def __call__(self, transaction, method, endpoint):
         request = transaction.request
         response = transaction.response
-        if request is not None:
-            method = self.method_of(request.method)
-            endpoint = self.endpoint_of(request.target)
-            if endpoint is None:
-                return
-        else:
-            method, endpoint = UNKNOWN_METHOD, UNKNOWN_ENDPOINT
+        if endpoint is None:
+            return
         status = str(response.status) if response is not None else "-"
         row = self.rows.get((method, endpoint, status))
         if row is None:

@@ -63,7 +63,7 @@ def uri_path(uri):
         cut = uri.find(mark)
         if cut >= 0:
             uri = uri[:cut]
-    return uri or "/"
+    return uri
 
 
 def expected_response_bytes(line):
@@ -156,3 +156,32 @@ def main(argv):
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def parse_exposition(text):
+    """Return {(name, frozenset(labels.items())): value} from a text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def conservation_problems(samples):
+    """Check payload == attributed + unattributed per direction; return problems."""
+    problems = []
+    for direction in ("inbound", "outbound"):
+        payload = samples[("netmon_tcp_payload_bytes_total", frozenset({("direction", direction)}))]
+        attributed = samples[("netmon_http_message_bytes_total", frozenset({("direction", direction)}))]
+        unattributed = sum(
+            value
+            for (name, labels), value in samples.items()
+            if name == "netmon_unattributed_bytes_total" and ("direction", direction) in labels
+        )
+        if payload != attributed + unattributed:
+            problems.append(
+                f"{direction}: payload {payload:.0f} != attributed {attributed:.0f} + unattributed {unattributed:.0f}"
+            )
+    return problems
