@@ -99,6 +99,10 @@ def build_parser():
         help="also print which raw paths went to which endpoint label, to tune --route templates",
     )
     analyze.set_defaults(handler=cmd_analyze)
+
+    from .live import add_live_parser
+
+    add_live_parser(commands, add_common_options)
     return parser
 
 
