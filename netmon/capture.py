@@ -69,8 +69,8 @@ class CaptureError(Exception):
 class CaptureFile:
     """Iterate the packets of one pcap or pcapng file, gzip-compressed or not.
 
-    ``packets`` counts the records yielded so far and ``position()`` tells how
-    far into the file (compressed bytes) the reader is, for progress display.
+    ``packets`` counts the records yielded so far, and ``position()`` returns the
+    reader's offset in the file (compressed bytes) for progress display.
     """
 
     def __init__(self, path):

@@ -3,11 +3,10 @@
 ``decode(linktype, data)`` returns either a tuple
 ``(src, dst, sport, dport, seq, ack, flags, payload, missing, tso)`` or, for a
 packet netmon cannot use, a reason string from ``SKIP_REASONS``. ``src`` and
-``dst`` are the raw 4- or 16-byte addresses; ``missing`` is the number of TCP
-payload bytes that the IP header proves but the snaplen cut off; ``tso`` is
-true for frames captured before segmentation offload (IPv4 total length 0 or
-larger than what the IP header allows), which are decoded from the captured
-length.
+``dst`` are the raw 4- or 16-byte addresses. ``missing`` is the number of TCP
+payload bytes that the IP header proves but the snaplen cut off. ``tso`` is
+true for frames captured before segmentation offload, whose IP length field
+is 0, so they are decoded from the captured length.
 
 The function allocates one tuple and one payload slice per packet, because
 everything else on the per-packet path is kept to integer and slice work.
