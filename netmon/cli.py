@@ -13,7 +13,10 @@ import time
 from . import __version__
 from .capture import CaptureError, CaptureFile
 from .decode import linktype_name
+from prometheus_client import generate_latest
+
 from .metrics import DEFAULT_BUCKETS, DEFAULT_PREFIX, HealthCollector, HttpMetrics, LabelPolicy, new_registry
+from .openmetrics import OpenMetricsRecorder
 from .pipeline import Pipeline, PortDiscovery
 from .report import EndpointTable, JsonlWriter
 from .routes import UNMATCHED_MODES, EndpointMapper, RouteConfigError, load_openapi, load_routes_file
@@ -82,10 +85,19 @@ def build_parser():
     add_common_options(analyze)
     analyze.add_argument(
         "--format",
-        choices=("table", "jsonl", "prometheus"),
+        choices=("table", "jsonl", "prometheus", "openmetrics"),
         default="table",
         help="table: per endpoint and status; jsonl: one JSON object per transaction; "
-        "prometheus: the text exposition the live agent would serve (default: table)",
+        "prometheus: the text exposition the live agent would serve; "
+        "openmetrics: every metric sampled over capture time, for promtool tsdb create-blocks-from "
+        "openmetrics (default: table)",
+    )
+    analyze.add_argument(
+        "--sample-interval",
+        type=positive_float,
+        default=15.0,
+        metavar="SECONDS",
+        help="with --format openmetrics: seconds of capture time between samples (default: 15)",
     )
     analyze.add_argument(
         "--progress",
@@ -292,7 +304,12 @@ def cmd_analyze(args):
         for consumer in consumers:
             consumer(transaction, method, endpoint)
 
-    pipeline = Pipeline(ports, sink, limits_from(args))
+    recorder = None
+    if args.format == "openmetrics":
+        recorder = OpenMetricsRecorder(registry)
+        pipeline = Pipeline(ports, sink, limits_from(args), recorder.snapshot, args.sample_interval)
+    else:
+        pipeline = Pipeline(ports, sink, limits_from(args))
     registry.register(HealthCollector(pipeline, policy))
     problems = []
     for path in args.files:
@@ -303,9 +320,9 @@ def cmd_analyze(args):
     pipeline.finish()
 
     if args.format == "prometheus":
-        from prometheus_client import generate_latest
-
         sys.stdout.write(generate_latest(registry).decode("utf-8"))
+    elif args.format == "openmetrics":
+        sys.stdout.write(recorder.render())
     elif args.format == "table":
         if port_note:
             print(port_note)

@@ -18,7 +18,8 @@ _CONTROL_FLAGS = TCP_SYN | TCP_FIN | TCP_RST
 class Pipeline:
     """Feed packets with ``packet()``; call ``finish()`` at the end of input."""
 
-    def __init__(self, ports, sink, limits=None):
+    def __init__(self, ports, sink, limits=None, tick=None, tick_interval=None):
+        """``tick(ts)``, if given, runs each time packet time crosses a multiple of ``tick_interval`` seconds."""
         self.ports = frozenset(ports)
         self.limits = limits or Limits()
         self.table = FlowTable(self.limits, sink)
@@ -26,6 +27,9 @@ class Pipeline:
         self.wire_bytes = 0
         self.tso_packets = 0
         self.last_ts = None
+        self.tick = tick
+        self.tick_interval = tick_interval
+        self.next_tick = None
 
     def packet(self, ts, linktype, data, wirelen):
         """Process one captured frame."""
@@ -56,6 +60,8 @@ class Pipeline:
                 table.next_sweep = ts + 1.0
             elif ts >= table.next_sweep:
                 table.sweep(ts)
+            if self.tick is not None:
+                self._maybe_tick(ts)
 
         flow = table.flows.get(key)
         if flow is None:
@@ -101,9 +107,22 @@ class Pipeline:
         # connection; otherwise the capture reordered the handshake.
         return flow.done or flow.requests.fin_seq is not None or flow.reset_seen
 
+    def _maybe_tick(self, ts):
+        interval = self.tick_interval
+        if self.next_tick is None:
+            # Align ticks to multiples of the interval so two runs line up.
+            self.next_tick = (ts // interval + 1) * interval
+            return
+        while ts >= self.next_tick:
+            self.tick(self.next_tick)
+            self.next_tick += interval
+
     def finish(self):
         """End of input: close every flow so its transactions are emitted."""
         self.table.close_all()
+        if self.tick is not None and self.last_ts is not None:
+            # A last sample after the flush, at the next interval boundary.
+            self.tick(self.next_tick if self.next_tick is not None else self.last_ts)
 
 
 # -- server port discovery ------------------------------------------------
