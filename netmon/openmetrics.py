@@ -33,6 +33,9 @@ class OpenMetricsRecorder:
             family.samples = _group_by_series(self.samples[name])
             yield family
 
+    def render(self):
+        return generate_latest(self).decode("utf-8")
+
 
 def _group_by_series(samples):
     """Order samples series by series, keeping time order within each.
@@ -45,6 +48,3 @@ def _group_by_series(samples):
         key = tuple(sorted((name, value) for name, value in sample.labels.items() if name != "le"))
         groups.setdefault(key, []).append(sample)
     return [sample for group in groups.values() for sample in group]
-
-    def render(self):
-        return generate_latest(self).decode("utf-8")
