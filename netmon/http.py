@@ -452,10 +452,9 @@ class MessageParser:
             return
         msg.wire_bytes += len(head)
         msg.end_ts = ts
-        fields = _parse_fields(head, newline + 1)
-        if fields is None:
+        fields, valid = _parse_fields(head, newline + 1)
+        if not valid:
             self.errors["bad_header"] += 1
-            fields = {}
         if self.is_request:
             self._frame_request(msg, fields)
         else:
@@ -708,36 +707,30 @@ class MessageParser:
         return start
 
 
-def _parse_fields(head, start):
-    """Return the headers netmon needs as {lowercase name: value}, or None.
+_FIELD_LINE = re.compile(
+    rb"\n(content-length|transfer-encoding|upgrade|connection)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE
+)
+# A header line that starts with a visible character and has no colon.
+_LINE_WITHOUT_COLON = re.compile(rb"\n[^\s:][^\r\n:]*\r?\n")
 
-    Repeated fields are joined with commas, as RFC 9110 section 5.3 allows
-    for list-valued fields; a repeated Content-Length with different values
-    therefore fails validation later.
+
+def _parse_fields(head, start):
+    """Return ({lowercase name: value} of the headers netmon needs, valid).
+
+    ``start`` is the offset of the first header line. Repeated fields are
+    joined with commas, as RFC 9110 section 5.3 allows for list-valued
+    fields, so a repeated Content-Length with different values fails
+    validation later. ``valid`` is false when a line has no colon.
     """
     fields = {}
-    ok = True
-    for line in head[start:].split(b"\n"):
-        line = line.rstrip(b"\r")
-        if not line:
-            continue
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip():
-            if line[:1] in (b" ", b"\t"):
-                continue  # obsolete line folding: a continuation of the previous value
-            ok = False
-            continue
-        name = name.lower()
-        if name in _INTERESTING_FIELDS:
-            value = value.strip().lower()
-            if name in fields:
-                fields[name] = fields[name] + b"," + value
-            else:
-                fields[name] = value
-    return fields if ok else None
-
-
-_INTERESTING_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"upgrade", b"connection"))
+    for match in _FIELD_LINE.finditer(head, start - 1):
+        name = match.group(1).lower()
+        value = match.group(2).rstrip().lower()
+        if name in fields:
+            fields[name] = fields[name] + b"," + value
+        else:
+            fields[name] = value
+    return fields, _LINE_WITHOUT_COLON.search(head, start - 1) is None
 
 
 def _content_length(value):
