@@ -10,9 +10,9 @@ Damage in a file raises ``CaptureError`` naming the file, the packet number
 and the byte offset; the packets yielded before it stay valid.
 """
 
-import gzip
 import io
 import struct
+import zlib
 
 from .decode import is_supported_linktype, linktype_name, supported_linktype_names
 
@@ -66,6 +66,48 @@ class CaptureError(Exception):
         return f"{self.path}{place}: {self.reason}"
 
 
+class GzipReader:
+    """Decompress a gzip file incrementally, keeping everything before a cut.
+
+    gzip.GzipFile discards the bytes of a read() call that hits the end of a
+    cut-short file; this reader returns them and sets ``truncated`` instead.
+    Concatenated gzip members are read one after another.
+    """
+
+    RAW_BLOCK = 1 << 20
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.decompressor = zlib.decompressobj(wbits=31)
+        self.in_member = False
+        self.pending = b""
+        self.done = False
+        self.truncated = False
+
+    def read(self, size):
+        parts = []
+        count = 0
+        while count < size and not self.done:
+            chunk = self.pending or self.raw.read(self.RAW_BLOCK)
+            self.pending = b""
+            if not chunk:
+                self.truncated = self.in_member
+                self.done = True
+                break
+            self.in_member = True
+            # max_length keeps the result within ``size``; the input not yet
+            # decompressed waits in unconsumed_tail for the next call.
+            data = self.decompressor.decompress(chunk, size - count)
+            self.pending = self.decompressor.unconsumed_tail
+            if self.decompressor.eof:
+                self.pending = self.decompressor.unused_data
+                self.decompressor = zlib.decompressobj(wbits=31)
+                self.in_member = False
+            parts.append(data)
+            count += len(data)
+        return b"".join(parts)
+
+
 class CaptureFile:
     """Iterate the packets of one pcap or pcapng file, gzip-compressed or not.
 
@@ -91,7 +133,7 @@ class CaptureFile:
         self._raw.seek(0)
         self._file = self._raw
         if magic[:2] == GZIP_MAGIC:
-            self._file = gzip.GzipFile(fileobj=self._raw, mode="rb")
+            self._file = GzipReader(self._raw)
         return self
 
     def close(self):
@@ -113,27 +155,41 @@ class CaptureFile:
     def __iter__(self):
         try:
             head = self._file.read(24)
-        except (OSError, EOFError, gzip.BadGzipFile) as error:
+        except (OSError, zlib.error) as error:
             raise CaptureError(self.path, f"cannot read: {error}") from None
         if len(head) < 4:
-            raise CaptureError(self.path, "file is empty or shorter than a capture file header", 0, 0)
+            raise CaptureError(self.path, "file is empty or shorter than a capture file header", offset=0)
         magic = head[:4]
         if magic in PCAP_MAGIC or magic in PCAP_MODIFIED_MAGIC:
-            return self._pcap(head)
+            return self._checked(self._pcap(head))
         if magic == PCAPNG_SHB:
-            return self._pcapng(head)
+            return self._checked(self._pcapng(head))
         raise CaptureError(
             self.path,
             f"not a pcap or pcapng file (magic bytes {magic.hex()})",
-            0,
-            0,
+            offset=0,
         )
+
+    def _checked(self, records):
+        """Yield the records, then report a compressed stream that was cut short."""
+        compressed = self._file if isinstance(self._file, GzipReader) else None
+        try:
+            yield from records
+        except CaptureError as error:
+            if compressed is not None and compressed.truncated:
+                error.reason += " (the gzip stream is cut short)"
+            raise
+        if compressed is not None and compressed.truncated:
+            raise CaptureError(
+                self.path,
+                "the gzip stream ends without its end-of-stream marker: the file was cut short",
+                self.packets + 1,
+            )
 
     def _read(self, size):
         try:
             return self._file.read(size)
-        except (OSError, EOFError, gzip.BadGzipFile) as error:
-            # A gzip stream cut short or damaged ends the file here.
+        except (OSError, zlib.error) as error:
             raise CaptureError(
                 self.path, f"read failed: {error}", self.packets + 1
             ) from None
@@ -142,7 +198,7 @@ class CaptureFile:
         self.format = "pcap"
         magic = head[:4]
         if len(head) < 24:
-            raise CaptureError(self.path, "truncated pcap file header", 0, len(head))
+            raise CaptureError(self.path, f"file ends inside the pcap file header ({len(head)} of 24 bytes)", offset=0)
         extra = 0
         if magic in PCAP_MODIFIED_MAGIC:
             endian, scale = PCAP_MODIFIED_MAGIC[magic], 1e-6

@@ -7,6 +7,7 @@ and an exit status; a traceback appears only with ``--log-level debug``.
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 
@@ -31,6 +32,21 @@ log = logging.getLogger("netmon")
 
 class UsageError(Exception):
     """A command-line value that is invalid; exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a two-line error instead of the whole usage block."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nTry '{self.prog} --help' for more information.\n")
+
+
+class LowercaseLevelFormatter(logging.Formatter):
+    """Format level names in lower case, matching the CLI's "netmon: error:" lines."""
+
+    def format(self, record):
+        record.levelname_lower = record.levelname.lower()
+        return super().format(record)
 
 
 def main(argv=None):
@@ -61,20 +77,20 @@ def run(argv):
 
 
 def configure_logging(level_name):
-    logging.basicConfig(
-        level=getattr(logging, level_name.upper()),
-        format="netmon: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LowercaseLevelFormatter("netmon: %(levelname_lower)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level_name.upper()))
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="netmon",
         description="Passive HTTP/1.x bandwidth monitor: TCP packets in, Prometheus metrics out.",
     )
     parser.add_argument("--version", action="version", version=f"netmon {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
     analyze = commands.add_parser(
         "analyze",
@@ -125,10 +141,11 @@ def add_common_options(parser):
         type=port_number,
         default=[],
         metavar="N",
-        help="server port to monitor (repeatable); analyze detects ports when none is given",
+        help="server TCP port to monitor (repeatable); analyze detects the ports when none is given",
     )
     parser.add_argument(
         "--metric-prefix",
+        type=metric_prefix,
         default=DEFAULT_PREFIX,
         help=f"prefix of the HTTP metric names (default: {DEFAULT_PREFIX})",
     )
@@ -151,7 +168,8 @@ def add_common_options(parser):
     routes.add_argument(
         "--routes-file",
         metavar="FILE",
-        help="TOML file with routes = [...], unmatched and max_endpoints (see examples/scheduler-routes.toml)",
+        help="TOML file with routes = [...], unmatched, max_endpoints and overflow_label "
+        "(see examples/scheduler-routes.toml)",
     )
     routes.add_argument(
         "--routes-from",
@@ -233,13 +251,27 @@ def positive_int(text):
 
 
 def bucket_list(text):
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"invalid bucket list {text!r}: expected numbers separated by commas")
     try:
-        buckets = tuple(float(part) for part in text.split(",") if part.strip())
+        buckets = tuple(float(part) for part in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid bucket list {text!r}: expected numbers separated by commas") from None
-    if not buckets or list(buckets) != sorted(set(buckets)):
+    if not all(0 < bound < float("inf") for bound in buckets):
+        raise argparse.ArgumentTypeError(f"invalid bucket list {text!r}: bounds must be finite sizes above 0 bytes")
+    if list(buckets) != sorted(set(buckets)):
         raise argparse.ArgumentTypeError(f"invalid bucket list {text!r}: bounds must be distinct and ascending")
     return buckets
+
+
+def metric_prefix(text):
+    # Prometheus metric names: [a-zA-Z_:][a-zA-Z0-9_:]*
+    if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text):
+        raise argparse.ArgumentTypeError(
+            f"invalid metric prefix {text!r}: use letters, digits, '_' and ':', not starting with a digit"
+        )
+    return text
 
 
 def endpoint_mapper_from(args):
@@ -274,19 +306,17 @@ def limits_from(args):
 def cmd_analyze(args):
     status = EXIT_OK
     mapper = endpoint_mapper_from(args)
-    ports = args.port
+    ports = sorted(set(args.port))
     port_note = None
     if not ports:
+        # Errors in this first pass are reported by the analysis pass below.
         discovery = PortDiscovery()
         for path in args.files:
-            if read_file(path, discovery.packet, progress="never") is not None:
-                status = EXIT_INCOMPLETE
+            read_file(path, discovery.packet, progress=args.progress, report=False)
         ports = discovery.ports()
         port_note = discovery.describe()
-        log.warning("%s", port_note) if not ports else log.info("%s", port_note)
-        if not ports:
+        if args.format != "table":
             print(f"netmon: {port_note}", file=sys.stderr)
-            return EXIT_INCOMPLETE
 
     policy = LabelPolicy(mapper)
     registry = new_registry()
@@ -327,8 +357,10 @@ def cmd_analyze(args):
         if port_note:
             print(port_note)
         else:
-            print("server ports: " + ", ".join(str(port) for port in sorted(ports)))
+            print("server ports: " + ", ".join(str(port) for port in ports))
         sys.stdout.write(table.render())
+        if table.dropped:
+            print(f"not in the table: {table.dropped} requests whose paths --unmatched drop left out")
         sys.stdout.write(summary(pipeline, args.files, problems))
     if args.show_endpoint_map:
         out = sys.stdout if args.format == "table" else sys.stderr
@@ -337,9 +369,13 @@ def cmd_analyze(args):
     return status
 
 
-def read_file(path, handle_packet, progress):
-    """Feed every packet of one file to ``handle_packet``; return an error text or None."""
+def read_file(path, handle_packet, progress, report=True):
+    """Feed every packet of one file to ``handle_packet``; return an error text or None.
+
+    With ``report`` the error is also printed on stderr.
+    """
     capture = CaptureFile(path)
+    message = None
     try:
         capture.open()
         bar = Progress(path, capture, progress)
@@ -356,18 +392,18 @@ def read_file(path, handle_packet, progress):
         message = error.describe()
         if capture.packets:
             message += f"; the {capture.packets} packets before it are counted"
-        print(f"netmon: error: {message}", file=sys.stderr)
-        return message
     finally:
         capture.close()
-    for linktype, first_packet in sorted(capture.unsupported_linktypes.items()):
-        message = (
-            f"{path} (packet {first_packet}): {linktype_name(linktype)} is not supported; "
-            "its packets are counted in netmon_packets_skipped_total{reason=\"unsupported_link\"}"
-        )
+    if message is None:
+        for linktype, first_packet in sorted(capture.unsupported_linktypes.items()):
+            message = (
+                f"{path} (packet {first_packet}): {linktype_name(linktype)} is not supported; "
+                "its packets are counted in netmon_packets_skipped_total{reason=\"unsupported_link\"}"
+            )
+            break
+    if message is not None and report:
         print(f"netmon: error: {message}", file=sys.stderr)
-        return message
-    return None
+    return message
 
 
 def endpoint_map_text(mapper):
@@ -393,6 +429,11 @@ def summary(pipeline, files, problems):
     if skipped:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(table.skipped.items()) if count)
         lines.append(f"skipped packets: {reasons}")
+    if not table.transactions and table.skipped.get("other_port"):
+        lines.append(
+            f"note: {table.skipped['other_port']} TCP packets were on other ports; "
+            "run without --port to detect the server ports"
+        )
     for problem in problems:
         lines.append(f"incomplete input: {problem}")
     return "\n".join(lines) + "\n"
@@ -429,6 +470,9 @@ class Progress:
 
     def done(self):
         if self.shown:
+            # Redraw once so the bar ends at the final packet count.
+            self.started -= self.DELAY_S
+            self.update()
             sys.stderr.write("\n")
             sys.stderr.flush()
 

@@ -167,7 +167,11 @@ class PortDiscovery:
             return "no HTTP server port found (no request or status lines); name one with --port"
         parts = []
         for port in self.ports():
-            parts.append(
-                f"{port} ({self.http_votes[port]} HTTP start lines, {self.syn_votes[port]} SYNs)"
-            )
+            start_lines = _plural(self.http_votes[port], "HTTP start line")
+            syns = _plural(self.syn_votes[port], "SYN")
+            parts.append(f"{port} ({start_lines}, {syns})")
         return "server ports detected: " + ", ".join(parts)
+
+
+def _plural(count, noun):
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -55,11 +55,13 @@ class EndpointTable:
 
     def __init__(self):
         self.rows = {}
+        self.dropped = 0
 
     def __call__(self, transaction, method, endpoint):
         request = transaction.request
         response = transaction.response
         if endpoint is None:
+            self.dropped += 1
             return
         status = str(response.status) if response is not None else "-"
         row = self.rows.get((method, endpoint, status))

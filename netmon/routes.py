@@ -226,6 +226,12 @@ def parse_template(template: str) -> list[_TemplateSegment]:
             f"invalid route template {template!r}: it must start with '/', as in '/jobs/{{id}}'"
         )
 
+    if "?" in template or "#" in template:
+        raise RouteConfigError(
+            f"invalid route template {template!r}: a template matches paths only, "
+            "and netmon removes the query and fragment before matching"
+        )
+
     raw_segments = [segment for segment in template.split("/") if segment]
     segments = []
     for index, raw in enumerate(raw_segments):
@@ -617,8 +623,10 @@ def load_openapi(path: str | os.PathLike[str]) -> list[str]:
     try:
         with open(path, encoding="utf-8") as file:
             text = file.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise RouteConfigError(f"cannot read OpenAPI file {name!r}: {err}") from err
+    except OSError as err:
+        raise RouteConfigError(f"cannot read OpenAPI file {name!r}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise RouteConfigError(f"cannot read OpenAPI file {name!r}: not UTF-8 text ({err.reason})") from err
 
     try:
         if name.lower().endswith(".json"):
@@ -626,7 +634,9 @@ def load_openapi(path: str | os.PathLike[str]) -> list[str]:
         else:
             document = yaml.safe_load(text)  # YAML 1.1 also reads most JSON
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise RouteConfigError(f"invalid OpenAPI file {name!r}: {err}") from err
+        # Parser messages span several lines; one line reads better in a CLI error.
+        detail = " ".join(str(err).split())
+        raise RouteConfigError(f"invalid OpenAPI file {name!r}: {detail}") from err
 
     if not isinstance(document, dict):
         raise RouteConfigError(
@@ -648,7 +658,8 @@ def load_openapi(path: str | os.PathLike[str]) -> list[str]:
     paths = document.get("paths")
     if not isinstance(paths, dict) or not paths:
         raise RouteConfigError(
-            f"OpenAPI file {name!r} has no 'paths'. List the routes in a TOML routes file instead."
+            f"OpenAPI file {name!r} has no 'paths'. Add path entries, or give the routes "
+            "with --route or --routes-file."
         )
 
     templates: list[str] = []
