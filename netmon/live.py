@@ -1,8 +1,485 @@
-"""Live agent: capture from an interface and serve /metrics (in progress)."""
+"""Live agent: capture from an interface and serve Prometheus metrics.
+
+``netmon live --iface IFACE --port N`` feeds captured packets through the same
+pipeline and metric families as ``netmon analyze --format prometheus``, and
+serves them on ``/metrics``. The capture loop runs in the main thread. The
+HTTP server runs in its own threads and only reads counters.
+"""
+
+import datetime
+import errno
+import json
+import logging
+import os
+import pwd
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .capture_live import BACKENDS, LiveCaptureError, PcapWriter, open_capture
+from .decode import linktype_name
+from .metrics import HealthCollector, HttpMetrics, LabelPolicy, new_registry
+from .pipeline import Pipeline
+
+log = logging.getLogger("netmon.live")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+# Not 9090, which is Prometheus itself. NOTE: the exporter port list on the
+# Prometheus wiki covers all of 9100-9999, so a registered exporter may use
+# this number too. It was not checked against that list.
+DEFAULT_METRICS_PORT = 9469
+DEFAULT_BUFFER_MB = 32
+SUMMARY_INTERVAL_S = 60.0
+TICK_S = 1.0
+# Minimum seconds between two "packets dropped" warnings; drops in between
+# are summed into the next one.
+DROP_WARNING_INTERVAL_S = 10.0
+# /healthz fails when the capture loop has not run for this long.
+STALL_LIMIT_S = 10.0
+# Packets read before the loop checks the clock and the stop flag.
+BATCH_PACKETS = 4096
 
 
 def add_live_parser(commands, add_common_options):
-    live = commands.add_parser("live", help="capture from an interface and serve Prometheus metrics")
-    live.add_argument("--iface", required=True, help="interface to capture on, or 'any'")
+    live = commands.add_parser(
+        "live",
+        help="capture from an interface and serve Prometheus metrics",
+        description="Capture the TCP traffic of the --port servers on an interface and serve the "
+        "metrics of `netmon analyze --format prometheus` on /metrics, plus /healthz.",
+    )
+    live.add_argument("--iface", required=True, help="interface to capture on, or 'any' for all")
     add_common_options(live)
-    live.set_defaults(handler=lambda args: 2)
+    # A service should log its start and a periodic summary, so live logs at
+    # info unless --log-level sets another level.
+    for action in live._actions:
+        if action.dest == "log_level":
+            action.default = "info"
+            action.help = "log verbosity on stderr (default: info)"
+        elif action.dest == "port":
+            action.help = "server port to monitor (repeatable, at least one)"
+
+    serve = live.add_argument_group("metrics endpoint")
+    serve.add_argument(
+        "--metrics-listen",
+        default="0.0.0.0",
+        metavar="ADDRESS",
+        help="address to serve /metrics and /healthz on; '::' for IPv6 (default: 0.0.0.0)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=_port_number,
+        default=DEFAULT_METRICS_PORT,
+        metavar="PORT",
+        help=f"TCP port to serve /metrics and /healthz on (default: {DEFAULT_METRICS_PORT})",
+    )
+
+    capture = live.add_argument_group("capture")
+    capture.add_argument(
+        "--buffer-mb",
+        type=_positive_float,
+        default=DEFAULT_BUFFER_MB,
+        metavar="MB",
+        help=f"kernel capture buffer in MiB; raise it when packets are dropped (default: {DEFAULT_BUFFER_MB})",
+    )
+    capture.add_argument(
+        "--capture-backend",
+        choices=BACKENDS,
+        default="auto",
+        help="pcap: libpcap through the pcapy-ng package; afpacket: a packet socket, standard library "
+        "only, about 5 times the cost per packet; auto: pcap when pcapy-ng is installed (default: auto)",
+    )
+    capture.add_argument(
+        "--write-pcap",
+        metavar="FILE",
+        help="also write the captured packets to this pcap file, rotated to FILE.1, FILE.2, ...",
+    )
+    capture.add_argument(
+        "--write-pcap-max-mb",
+        type=_positive_float,
+        default=100.0,
+        metavar="MB",
+        help="size in MiB at which --write-pcap starts a new file (default: 100)",
+    )
+    capture.add_argument(
+        "--write-pcap-files",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="number of --write-pcap files kept, the current one included; older ones are deleted (default: 10)",
+    )
+
+    process = live.add_argument_group("process")
+    process.add_argument(
+        "--user",
+        default="nobody",
+        help="user to switch to after opening the capture, when started as root (default: nobody)",
+    )
+    process.add_argument(
+        "--no-drop-privileges",
+        action="store_true",
+        help="keep running as root after the capture is open",
+    )
+    process.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text: one line per message; json: one JSON object per line (default: text)",
+    )
+    live.set_defaults(handler=run_live)
+
+
+def _port_number(text):
+    from .cli import port_number
+
+    return port_number(text)
+
+
+def _positive_float(text):
+    from .cli import positive_float
+
+    return positive_float(text)
+
+
+def _positive_int(text):
+    from .cli import positive_int
+
+    return positive_int(text)
+
+
+# -- run ------------------------------------------------------------------
+
+
+def run_live(args):
+    from .cli import UsageError, endpoint_mapper_from, limits_from
+
+    if not args.port:
+        raise UsageError("live needs at least one --port: the TCP port of the HTTP server to monitor")
+    if args.log_format == "json":
+        use_json_logging()
+    drop_to = None
+    if os.geteuid() == 0 and not args.no_drop_privileges:
+        try:
+            drop_to = pwd.getpwnam(args.user)
+        except KeyError:
+            raise UsageError(
+                f"user {args.user!r} not found; name an existing one with --user, or keep root with "
+                "--no-drop-privileges"
+            ) from None
+
+    mapper = endpoint_mapper_from(args)
+    policy = LabelPolicy(mapper)
+    registry = new_registry()
+    metrics = HttpMetrics(registry, prefix=args.metric_prefix, buckets=args.buckets)
+
+    def sink(transaction):
+        method, endpoint = policy.labels(transaction)
+        metrics.observe(transaction, method, endpoint)
+
+    pipeline = Pipeline(args.port, sink, limits_from(args))
+    registry.register(HealthCollector(pipeline, policy))
+
+    try:
+        capture = open_capture(args.capture_backend, args.iface, args.port, int(args.buffer_mb * (1 << 20)))
+    except LiveCaptureError as error:
+        return _fail(str(error))
+
+    agent = Agent(args, capture, pipeline)
+    registry.register(CaptureCollector(agent))
+    try:
+        try:
+            server = start_metrics_server(args.metrics_listen, args.metrics_port, registry, agent)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return _fail(
+                    f"metrics port {args.metrics_port} on {args.metrics_listen} is already in use; "
+                    "choose another with --metrics-port"
+                )
+            return _fail(f"serving metrics on {args.metrics_listen} port {args.metrics_port} failed: {error}")
+        try:
+            if drop_to is not None:
+                drop_privileges(drop_to)
+            if args.write_pcap:
+                agent.writer = open_writer(args, capture.linktype, drop_to)
+            return agent.run(server)
+        except LiveCaptureError as error:
+            return _fail(str(error))
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        capture.close()
+
+
+def _fail(message):
+    log.error("%s", message)
+    return EXIT_FAILURE
+
+
+def open_writer(args, linktype, user):
+    writer = PcapWriter(
+        args.write_pcap,
+        linktype,
+        max_bytes=int(args.write_pcap_max_mb * (1 << 20)),
+        max_files=args.write_pcap_files,
+    )
+    try:
+        writer.open()
+    except OSError as error:
+        hint = ""
+        if user is not None:
+            hint = (
+                f"; the agent runs as user {user.pw_name} by now, which needs write access to the "
+                "directory; choose another --write-pcap directory or use --no-drop-privileges"
+            )
+        raise LiveCaptureError(f"opening --write-pcap file {args.write_pcap} failed: {error.strerror}{hint}") from None
+    return writer
+
+
+def drop_privileges(user):
+    """Switch to ``user`` and its primary group, with no supplementary groups."""
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+    log.debug("switched to user %s (uid %d, gid %d)", user.pw_name, user.pw_uid, user.pw_gid)
+
+
+class Agent:
+    """The capture loop and the state that the metrics endpoint reads."""
+
+    def __init__(self, args, capture, pipeline):
+        self.args = args
+        self.capture = capture
+        self.pipeline = pipeline
+        self.writer = None
+        self.stopping = False
+        self.heartbeat = time.monotonic()
+        self.received = 0
+        self.dropped = 0
+        self._dropped_warned = 0
+        self._next_drop_warning = 0.0
+
+    def run(self, server):
+        args = self.args
+        host, port = server.server_address[:2]
+        log.info(
+            "capturing on %s (%s, %s backend, kernel buffer %.0f MiB), filter: TCP port %s; "
+            "serving /metrics and /healthz on %s port %d; running as %s",
+            args.iface,
+            linktype_name(self.capture.linktype),
+            self.capture.backend,
+            self.capture.kernel_buffer_bytes / (1 << 20),
+            " or ".join(str(port) for port in sorted(set(args.port))),
+            host,
+            port,
+            pwd.getpwuid(os.geteuid()).pw_name,
+        )
+        wake_reader, wake_writer = socket.socketpair()
+        wake_writer.setblocking(False)
+        previous = {number: signal.signal(number, self._stop) for number in (signal.SIGINT, signal.SIGTERM)}
+        previous_wakeup = signal.set_wakeup_fd(wake_writer.fileno(), warn_on_full_buffer=False)
+        try:
+            self._loop(wake_reader)
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+            wake_reader.close()
+            wake_writer.close()
+        self.pipeline.finish()
+        self._read_statistics()
+        if self.writer is not None:
+            self.writer.close()
+        self._log_summary("stopped")
+        return EXIT_OK
+
+    def _stop(self, number, frame):
+        self.stopping = True
+
+    def _loop(self, wake_reader):
+        capture = self.capture
+        poller = select.poll()
+        poller.register(capture.fileno(), select.POLLIN)
+        poller.register(wake_reader.fileno(), select.POLLIN)
+        handle_packet = self.pipeline.packet
+        if self.writer is not None:
+            write = self.writer.write
+            packet = self.pipeline.packet
+
+            def handle_packet(ts, linktype, data, wirelen):
+                write(ts, data, wirelen)
+                packet(ts, linktype, data, wirelen)
+
+        next_tick = time.monotonic() + TICK_S
+        next_summary = time.monotonic() + SUMMARY_INTERVAL_S
+        packets_at_tick = 0
+        while not self.stopping:
+            try:
+                count = capture.read_batch(handle_packet, BATCH_PACKETS)
+            except OSError as error:
+                raise LiveCaptureError(f"reading from {self.args.iface} failed: {error}") from None
+            if count == 0:
+                poller.poll(TICK_S * 1000 / 4)
+                try:
+                    wake_reader.recv(64, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass
+            now = time.monotonic()
+            if now < next_tick:
+                continue
+            next_tick = now + TICK_S
+            self.heartbeat = now
+            self._read_statistics()
+            if self.writer is not None:
+                self.writer.flush()
+            if self.pipeline.packets == packets_at_tick:
+                # Idle expiry runs on packet timestamps. Without packets the
+                # wall clock, which the kernel stamps packets with, drives it,
+                # so idle connections still release their memory.
+                self.pipeline.table.sweep(time.time())
+            packets_at_tick = self.pipeline.packets
+            if now >= next_summary:
+                next_summary = now + SUMMARY_INTERVAL_S
+                self._log_summary("running")
+
+    def _read_statistics(self):
+        received, dropped = self.capture.read_statistics()
+        self.received, self.dropped = received, dropped
+        now = time.monotonic()
+        if dropped > self._dropped_warned and now >= self._next_drop_warning:
+            log.warning(
+                "capture dropped %d packets since the last warning (%d in total of %d received); "
+                "the counts are now incomplete; raise --buffer-mb or reduce the traffic captured",
+                dropped - self._dropped_warned,
+                dropped,
+                received,
+            )
+            self._dropped_warned = dropped
+            self._next_drop_warning = now + DROP_WARNING_INTERVAL_S
+
+    def _log_summary(self, state):
+        pipeline = self.pipeline
+        log.info(
+            "%s: packets %d, transactions %d, connections tracked %d, capture received %d, dropped %d",
+            state,
+            pipeline.packets,
+            pipeline.table.transactions,
+            len(pipeline.table.flows),
+            self.received,
+            self.dropped,
+        )
+
+    def healthy(self):
+        return not self.stopping and time.monotonic() - self.heartbeat < STALL_LIMIT_S
+
+
+class CaptureCollector:
+    """The capture source's counters, as last read by the capture loop."""
+
+    def __init__(self, agent):
+        self.agent = agent
+
+    def collect(self):
+        agent = self.agent
+        received = CounterMetricFamily(
+            "netmon_capture_packets_received",
+            "Packets the kernel capture filter accepted, dropped ones included.",
+        )
+        received.add_metric([], agent.received)
+        yield received
+        dropped = CounterMetricFamily(
+            "netmon_capture_packets_dropped",
+            "Packets the kernel dropped because the capture buffer was full; their bytes are missing from all counts.",
+        )
+        dropped.add_metric([], agent.dropped)
+        yield dropped
+        written = CounterMetricFamily("netmon_pcap_written_bytes", "Bytes written to --write-pcap files.")
+        written.add_metric([], agent.writer.bytes_written if agent.writer is not None else 0)
+        yield written
+        up = GaugeMetricFamily("netmon_capture_up", "1 while the capture loop runs, 0 once it has stalled or stopped.")
+        up.add_metric([], 1 if agent.healthy() else 0)
+        yield up
+
+
+# -- metrics endpoint -------------------------------------------------------
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # Usually a scraper that hung up mid-response; the default handler
+        # would print a traceback to stderr.
+        error = sys.exc_info()[1]
+        log.debug("metrics request from %s failed: %s", client_address[0], error)
+
+
+def start_metrics_server(address, port, registry, agent):
+    """Serve /metrics and /healthz from a daemon thread; raise OSError when the bind fails."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+            elif path == "/healthz":
+                if agent.healthy():
+                    self._send(200, "text/plain; charset=utf-8", b"ok\n")
+                else:
+                    self._send(503, "text/plain; charset=utf-8", b"capture loop stalled or stopping\n")
+            else:
+                self._send(404, "text/plain; charset=utf-8", b"not found; try /metrics or /healthz\n")
+
+        def _send(self, status, content_type, body):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args):
+            log.debug("metrics request from %s: " + format, self.client_address[0], *args)
+
+    server_class = _MetricsServer
+    if ":" in address:
+        server_class = type("_MetricsServer6", (_MetricsServer,), {"address_family": socket.AF_INET6})
+    server = server_class((address, port), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="netmon-metrics", daemon=True)
+    thread.start()
+    return server
+
+
+# -- logging ----------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message."""
+
+    def format(self, record):
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def use_json_logging():
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler(sys.stderr))
+    for handler in root.handlers:
+        handler.setFormatter(JsonFormatter())
