@@ -161,30 +161,27 @@ class CaptureFile:
             raise CaptureError(self.path, "file is empty or shorter than a capture file header", offset=0)
         magic = head[:4]
         if magic in PCAP_MAGIC or magic in PCAP_MODIFIED_MAGIC:
-            return self._checked(self._pcap(head))
+            return self._pcap(head)
         if magic == PCAPNG_SHB:
-            return self._checked(self._pcapng(head))
+            return self._pcapng(head)
         raise CaptureError(
             self.path,
             f"not a pcap or pcapng file (magic bytes {magic.hex()})",
             offset=0,
         )
 
-    def _checked(self, records):
-        """Yield the records, then report a compressed stream that was cut short."""
-        compressed = self._file if isinstance(self._file, GzipReader) else None
-        try:
-            yield from records
-        except CaptureError as error:
-            if compressed is not None and compressed.truncated:
-                error.reason += " (the gzip stream is cut short)"
-            raise
-        if compressed is not None and compressed.truncated:
+    def _end_of_file(self):
+        """Raise when a clean end of records is really a cut-short gzip stream."""
+        if isinstance(self._file, GzipReader) and self._file.truncated:
             raise CaptureError(
                 self.path,
                 "the gzip stream ends without its end-of-stream marker: the file was cut short",
                 self.packets + 1,
             )
+
+    @property
+    def gzip_truncated(self):
+        return isinstance(self._file, GzipReader) and self._file.truncated
 
     def _read(self, size):
         try:
@@ -238,6 +235,7 @@ class CaptureFile:
                             packets + 1,
                             offset + pos,
                         )
+                    self._end_of_file()
                     return
                 offset += pos
                 buf = buf[pos:] + more
@@ -297,6 +295,7 @@ class CaptureFile:
                         raise CaptureError(
                             path, "file ends inside a pcapng block header", packets + 1, offset + pos
                         )
+                    self._end_of_file()
                     return
                 offset += pos
                 buf = buf[pos:] + more

@@ -390,6 +390,8 @@ def read_file(path, handle_packet, progress, report=True):
         bar.done()
     except CaptureError as error:
         message = error.describe()
+        if capture.gzip_truncated and "gzip" not in message:
+            message += " (the gzip stream is cut short)"
         if capture.packets:
             message += f"; the {capture.packets} packets before it are counted"
     finally:

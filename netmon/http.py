@@ -106,6 +106,8 @@ _RESPONSE_START = re.compile(rb"HTTP/1\.[019] +[1-5][0-9][0-9]")
 # The method must be followed by a space, and the line must be printable.
 # A known method alone on the line is accepted too (tshark does the same).
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32})(?: +([\x20-\x7e\x80-\xff]*?)|)\r?\n")
+# The shape nearly every request line has; the lenient pattern handles the rest.
+_REQUEST_LINE_COMMON = re.compile(rb"([A-Z]{1,20}) ([^ \r\n]+) HTTP/[0-9]\.[0-9]\r?\n")
 _REQUEST_TARGET = re.compile(rb"(.*?) +HTTP/([0-9])\.([0-9]?) *$")
 _STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) +([0-9]{3})(?:[ \t][^\r\n]*)?\r?\n")
 _HEAD_END = re.compile(rb"\n\r?\n")
@@ -123,7 +125,7 @@ class Message:
     """
 
     __slots__ = (
-        "is_request", "method", "target", "status", "version", "interim",
+        "is_request", "method", "target", "status", "interim",
         "start_ts", "end_ts", "start_seq", "ack", "wire_bytes", "complete",
         "after_gap", "ended", "peer", "upgrade",
     )
@@ -135,7 +137,6 @@ class Message:
         self.method = None
         self.target = None
         self.status = None
-        self.version = None
         self.interim = None
         self.start_ts = start_ts
         self.end_ts = start_ts
@@ -376,6 +377,12 @@ class MessageParser:
             self.head_ts = ts
             self.head_seq = (seq + pos) & 0xFFFFFFFF
             self.head_ack = ack
+            end = data.find(b"\r\n\r\n", pos)
+            if end >= 0 and data.find(b"\n\n", pos, end) < 0:
+                # CRLF heads are the norm; the regex below also finds bare LF ends.
+                end += 4
+                self._parse_head(data[pos:end], ts)
+                return end
             match = _HEAD_END.search(data, pos)
             if match is not None:
                 end = match.end()
@@ -466,23 +473,16 @@ class MessageParser:
         A response's interim 1xx heads and its final head share one message.
         """
         if self.is_request:
-            match = _REQUEST_LINE.match(start_line)
-            if match is None:
-                self.errors["bad_start_line"] += 1
-                return None
-            rest = match.group(2)
-            if rest is None and match.group(1) not in KNOWN_METHODS:
-                self.errors["bad_start_line"] += 1
-                return None
-            rest = rest or b""
-            msg = Message(True, self.head_ts, self.head_seq, self.head_ack)
-            msg.method = match.group(1).decode("ascii")
-            versioned = _REQUEST_TARGET.match(rest)
-            if versioned is not None:
-                msg.target = versioned.group(1).decode("latin-1")
-                msg.version = versioned.group(2) + b"." + versioned.group(3)
+            common = _REQUEST_LINE_COMMON.match(start_line)
+            if common is not None:
+                method, target = common.groups()
             else:
-                msg.target = rest.strip().decode("latin-1")
+                method, target = self._lenient_request_line(start_line)
+                if method is None:
+                    return None
+            msg = Message(True, self.head_ts, self.head_seq, self.head_ack)
+            msg.method = method.decode("ascii")
+            msg.target = target.decode("latin-1")
             msg.after_gap = self.after_gap
             self.after_gap = False
             self.msg = msg
@@ -506,8 +506,22 @@ class MessageParser:
             # The previous head was interim (1xx): remember it.
             msg.interim = (msg.interim or ()) + (msg.status,)
         msg.status = status
-        msg.version = match.group(1) + b"." + match.group(2)
         return msg
+
+    def _lenient_request_line(self, start_line):
+        """Return (method, target) of an unusual request line, or (None, None)."""
+        match = _REQUEST_LINE.match(start_line)
+        if match is None:
+            self.errors["bad_start_line"] += 1
+            return None, None
+        rest = match.group(2)
+        if rest is None and match.group(1) not in KNOWN_METHODS:
+            self.errors["bad_start_line"] += 1
+            return None, None
+        versioned = _REQUEST_TARGET.match(rest or b"")
+        if versioned is not None:
+            return match.group(1), versioned.group(1)
+        return match.group(1), (rest or b"").strip()
 
     def _frame_request(self, msg, fields):
         # Request body length (RFC 9112 section 6.3): a Transfer-Encoding whose
@@ -707,30 +721,33 @@ class MessageParser:
         return start
 
 
-_FIELD_LINE = re.compile(
-    rb"\n(content-length|transfer-encoding|upgrade|connection)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE
-)
-# A header line that starts with a visible character and has no colon.
-_LINE_WITHOUT_COLON = re.compile(rb"\n[^\s:][^\r\n:]*\r?\n")
+# Matched against the lower-cased head, so no IGNORECASE is needed.
+_FIELD_LINE = re.compile(rb"\n(content-length|transfer-encoding|upgrade|connection)[ \t]*:[ \t]*([^\r\n]*)")
 
 
 def _parse_fields(head, start):
-    """Return ({lowercase name: value} of the headers netmon needs, valid).
+    """Return ({lowercase name: lowercase value} of the headers netmon needs, valid).
 
     ``start`` is the offset of the first header line. Repeated fields are
     joined with commas, as RFC 9110 section 5.3 allows for list-valued
     fields, so a repeated Content-Length with different values fails
-    validation later. ``valid`` is false when a line has no colon.
+    validation later. ``valid`` is false when there are fewer colons than
+    header lines, so some line cannot be a field (a cheap check: a colon in
+    a value can hide a bad line).
     """
+    lowered = head.lower()
     fields = {}
-    for match in _FIELD_LINE.finditer(head, start - 1):
-        name = match.group(1).lower()
-        value = match.group(2).rstrip().lower()
+    for match in _FIELD_LINE.finditer(lowered, start - 1):
+        name = match.group(1)
+        value = match.group(2).rstrip()
         if name in fields:
             fields[name] = fields[name] + b"," + value
         else:
             fields[name] = value
-    return fields, _LINE_WITHOUT_COLON.search(head, start - 1) is None
+    # The head ends with an empty line, so it has two newlines more than fields.
+    lines = head.count(b"\n", start) - 1
+    valid = head.count(b":", start) >= lines
+    return fields, valid
 
 
 def _content_length(value):

@@ -119,6 +119,14 @@ def add_live_parser(commands, add_common_options):
 
     process = live.add_argument_group("process")
     process.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="capture processes; above 1 the kernel splits packets among them by flow (PACKET_FANOUT_HASH) "
+        "and the parent process serves their summed metrics (default: 1)",
+    )
+    process.add_argument(
         "--user",
         default="nobody",
         help="user to switch to after opening the capture, when started as root (default: nobody)",
@@ -174,6 +182,13 @@ def run_live(args):
                 f"user {args.user!r} not found; name an existing one with --user, or keep root with "
                 "--no-drop-privileges"
             ) from None
+
+    if args.workers > 1:
+        if args.write_pcap:
+            raise UsageError("--write-pcap works with one capture process only; remove it or use --workers 1")
+        from .fanout import run_fanout
+
+        return run_fanout(args, drop_to)
 
     mapper = endpoint_mapper_from(args)
     policy = LabelPolicy(mapper)
@@ -266,6 +281,9 @@ class Agent:
         self.dropped = 0
         self._dropped_warned = 0
         self._next_drop_warning = 0.0
+        # Called once a second from the capture loop; fan-out workers send
+        # their counters to the parent from it.
+        self.on_tick = None
 
     def run(self, server):
         args = self.args
@@ -282,6 +300,12 @@ class Agent:
             port,
             pwd.getpwuid(os.geteuid()).pw_name,
         )
+        self.capture_until_stopped()
+        self._log_summary("stopped")
+        return EXIT_OK
+
+    def capture_until_stopped(self):
+        """Run the capture loop until SIGINT or SIGTERM, then close every flow and flush."""
         wake_reader, wake_writer = socket.socketpair()
         wake_writer.setblocking(False)
         previous = {number: signal.signal(number, self._stop) for number in (signal.SIGINT, signal.SIGTERM)}
@@ -298,8 +322,6 @@ class Agent:
         self._read_statistics()
         if self.writer is not None:
             self.writer.close()
-        self._log_summary("stopped")
-        return EXIT_OK
 
     def _stop(self, number, frame):
         self.stopping = True
@@ -346,6 +368,8 @@ class Agent:
                 # so idle connections still release their memory.
                 self.pipeline.table.sweep(time.time())
             packets_at_tick = self.pipeline.packets
+            if self.on_tick is not None:
+                self.on_tick()
             if now >= next_summary:
                 next_summary = now + SUMMARY_INTERVAL_S
                 self._log_summary("running")

@@ -82,6 +82,20 @@ class Stream:
     def data(self, seq, payload, missing, ts, ack):
         """Handle one segment's payload; ``missing`` bytes were cut by the snaplen."""
         next_seq = self.next_seq
+        if seq == next_seq and not missing and not self.ooo and not self.closed:
+            # The common case, in order with nothing buffered: _deliver inlined.
+            size = len(payload)
+            self.counters.payload += size
+            self.next_seq = (seq + size) & MASK
+            events = self.parser.feed(payload, seq, ts, ack)
+            flow = self.flow
+            if events:
+                flow.on_events(events)
+            if flow.waiting and self.parser.is_request:
+                flow.check_waiting()
+            if self.fin_seq is not None and self.next_seq == self.fin_seq and not self.closed:
+                self._close(ts, reset=False)
+            return
         if next_seq is None:
             # First data of a capture that began mid-connection.
             next_seq = self.next_seq = seq
