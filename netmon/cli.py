@@ -312,7 +312,7 @@ def cmd_analyze(args):
         # Errors in this first pass are reported by the analysis pass below.
         discovery = PortDiscovery()
         for path in args.files:
-            read_file(path, discovery.packet, progress=args.progress, report=False)
+            read_file(path, discovery.packet, progress=args.progress, report=False, label="finding ports in ")
         ports = discovery.ports()
         port_note = discovery.describe()
         if args.format != "table":
@@ -369,7 +369,7 @@ def cmd_analyze(args):
     return status
 
 
-def read_file(path, handle_packet, progress, report=True):
+def read_file(path, handle_packet, progress, report=True, label=""):
     """Feed every packet of one file to ``handle_packet``; return an error text or None.
 
     With ``report`` the error is also printed on stderr.
@@ -378,7 +378,7 @@ def read_file(path, handle_packet, progress, report=True):
     message = None
     try:
         capture.open()
-        bar = Progress(path, capture, progress)
+        bar = Progress(label + os.path.basename(str(path)), capture, progress)
         check_every = 1 << 14
         countdown = check_every
         for ts, linktype, data, wirelen in capture:
@@ -442,39 +442,43 @@ def summary(pipeline, files, problems):
 
 
 class Progress:
-    """A one-line progress bar on stderr for files that take a while."""
+    """A one-line progress bar on stderr for files that take a while.
+
+    ``auto`` shows it on a terminal once a file has taken 2 s; ``always``
+    shows it from the start, terminal or not.
+    """
 
     DELAY_S = 2.0
 
-    def __init__(self, path, capture, mode):
-        self.path = os.path.basename(str(path))
+    def __init__(self, title, capture, mode):
+        self.title = title
         self.capture = capture
         self.enabled = mode == "always" or (mode == "auto" and sys.stderr.isatty())
+        self.delay = 0.0 if mode == "always" else self.DELAY_S
         self.started = time.monotonic()
         self.size = capture.size() if self.enabled else 0
         self.shown = False
 
-    def update(self):
+    def update(self, final=False):
         if not self.enabled or not self.size:
             return
         elapsed = time.monotonic() - self.started
-        if elapsed < self.DELAY_S and self.capture.position() < self.size:
+        if elapsed < self.delay and not final:
             return
         fraction = min(1.0, self.capture.position() / self.size)
         width = 30
         filled = int(fraction * width)
         sys.stderr.write(
-            f"\r{self.path}: [{'#' * filled}{'.' * (width - filled)}] {fraction:6.1%} "
+            f"\r{self.title}: [{'#' * filled}{'.' * (width - filled)}] {fraction:6.1%} "
             f"{self.capture.packets} packets {elapsed:.0f}s"
         )
         sys.stderr.flush()
         self.shown = True
 
     def done(self):
-        if self.shown:
-            # Redraw once so the bar ends at the final packet count.
-            self.started -= self.DELAY_S
-            self.update()
+        # Redraw once so the bar ends at the final packet count.
+        if self.shown or (self.enabled and self.delay == 0):
+            self.update(final=True)
             sys.stderr.write("\n")
             sys.stderr.flush()
 
