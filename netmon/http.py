@@ -562,6 +562,9 @@ class MessageParser:
         # Response body length, RFC 9112 section 6.3, steps in order.
         status = msg.status
         request = msg.peer
+        # NOTE: when the request lags behind its response in the capture, the
+        # method is unknown here, so a HEAD response with a Content-Length is
+        # framed as if its body followed.
         method = request.method if request is not None else None
         # 1. Interim responses (except 101) have no body, and the final
         #    response follows on the same message.
@@ -710,6 +713,8 @@ class MessageParser:
         self.sync_reason = "not_http"
 
     def _sync(self, data, pos):
+        # TODO: a message start split across two segments is not found, so
+        # resynchronisation waits for the next start that fits in a segment.
         pattern = _REQUEST_START if self.is_request else _RESPONSE_START
         match = pattern.search(data, pos)
         if match is None:
