@@ -1,10 +1,10 @@
 """Live capture split across worker processes with the kernel's PACKET_FANOUT.
 
 ``netmon live --workers N`` forks N workers. Each opens its own capture on
-the interface and joins one fan-out group with ``PACKET_FANOUT_HASH``, so the
-kernel hands each packet to exactly one worker, chosen by a symmetric hash of
-its addresses and ports: both directions of a TCP connection reach the same
-worker, which reassembles it alone. Each worker runs the ordinary pipeline
+the interface and joins one fan-out group with ``PACKET_FANOUT_HASH``. The
+kernel then hands each packet to exactly one worker, chosen by a symmetric
+hash of its addresses and ports, so both directions of a TCP connection
+reach the same worker, which reassembles it alone. Each worker runs the ordinary pipeline
 and, once a second, sends a snapshot of its counters to the parent over a
 pipe. The parent sums the latest snapshots and serves them on ``/metrics``
 through the same collectors as the single-process agent, so the exposition
@@ -71,8 +71,8 @@ class JoinedCapture:
     the workers already in the group, so those early packets would be counted
     twice. The kernel stamps packets on arrival, so dropping the ones stamped
     before the join removes the copies. NOTE: a packet stamped just before the
-    join but handed out after it is dropped too; that is a loss at start-up
-    only, like any capture that starts during traffic.
+    join but handed out after it is dropped too. That loss happens at start-up
+    only, like the loss of any capture that starts during traffic.
     """
 
     def __init__(self, capture, joined_at):
@@ -173,7 +173,7 @@ def _worker_main(index, args, group_id, connection, drop_to):
         agent.capture_until_stopped()
         connection.send(("final", take_snapshot(agent, policy, metrics)))
     except (LiveCaptureError, OSError) as error:
-        log.error("worker %d: %s", index, error)
+        log.error("capture worker %d (pid %d) failed: %s", index, os.getpid(), error)
         return 1
     finally:
         capture.close()
@@ -212,7 +212,7 @@ def _add_into(target, values):
 
 
 class _Locked:
-    """A collector that holds ``lock`` while it yields, so a scrape sees one merge."""
+    """A collector wrapper that takes ``lock`` while collecting, so a scrape sees one merge."""
 
     def __init__(self, collector, lock):
         self.collector = collector
@@ -293,8 +293,8 @@ def run_fanout(args, drop_to):
     from .live import CaptureCollector, EXIT_FAILURE, EXIT_OK, _fail, drop_privileges, start_metrics_server
 
     context = multiprocessing.get_context("fork")
-    # Fan-out group ids are per network namespace; the parent's pid keeps two
-    # agents in one namespace apart. NOTE: two pids equal in their low 16 bits
+    # Fan-out group ids are per network namespace, and the parent's pid keeps
+    # two agents in one namespace apart. NOTE: two pids equal in their low 16 bits
     # would collide, and the second agent then fails to join.
     group_id = os.getpid() & 0xFFFF
     workers = []
@@ -313,7 +313,7 @@ def run_fanout(args, drop_to):
 
     info = None
     for index, (process, receiver) in enumerate(workers):
-        message = receiver.recv() if receiver.poll(READY_TIMEOUT_S) else ("error", "no answer")
+        message = receiver.recv() if receiver.poll(READY_TIMEOUT_S) else ("error", f"no ready message within {READY_TIMEOUT_S:.0f} s")
         if message[0] != "ready":
             stop_workers()
             return _fail(f"capture worker {index} failed to start: {message[1]}")
