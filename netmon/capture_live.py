@@ -440,7 +440,7 @@ class PcapCapture:
             reason = PCAP_ACTIVATE_ERRORS.get(status, f"libpcap error {status}")
             raise LiveCaptureError(f"opening {interface} with libpcap failed: {reason}")
         try:
-            handle.setfilter(pcap_filter_expression(self.ports))
+            handle.setfilter(pcap_filter_expression(self.ports, handle.datalink()))
         except pcapy.PcapError as error:
             handle.close()
             raise LiveCaptureError(f"compiling the capture filter failed: {error}") from None
@@ -484,9 +484,16 @@ class PcapCapture:
         return self.received, self.dropped
 
 
-def pcap_filter_expression(ports):
+# Link types whose frames cannot carry VLAN tags in the filter's view:
+# libpcap rejects "vlan" there (Linux cooked v1 and v2, from --iface any).
+LINKTYPES_WITHOUT_VLAN = (113, 276)
+
+
+def pcap_filter_expression(ports, linktype=None):
     """Return the libpcap filter for TCP to or from ``ports``, untagged or in a VLAN."""
     match = "tcp and (" + " or ".join(f"port {port}" for port in sorted(set(ports))) + ")"
+    if linktype in LINKTYPES_WITHOUT_VLAN:
+        return match
     return f"({match}) or (vlan and {match})"
 
 

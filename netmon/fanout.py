@@ -15,7 +15,6 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import pwd
 import signal
 import socket
 import threading
@@ -290,7 +289,7 @@ class _ZeroDict(dict):
 
 def run_fanout(args, drop_to):
     """Run ``args.workers`` capture workers and serve their summed metrics; return the exit status."""
-    from .live import CaptureCollector, EXIT_FAILURE, EXIT_OK, _fail, drop_privileges, start_metrics_server
+    from .live import CaptureCollector, EXIT_FAILURE, EXIT_OK, _fail, drop_privileges, start_metrics_server, user_name
 
     context = multiprocessing.get_context("fork")
     # Fan-out group ids are per network namespace, and the parent's pid keeps
@@ -339,7 +338,7 @@ def run_fanout(args, drop_to):
             "running as %s",
             args.iface, linktype_name(info["linktype"]), info["backend"], info["kernel_buffer_bytes"] / (1 << 20),
             len(workers), group_id, " or ".join(str(p) for p in sorted(set(args.port))), host, port,
-            pwd.getpwuid(os.geteuid()).pw_name,
+            user_name(),
         )
         status = _serve_until_stopped(workers, state, stop_workers)
     finally:

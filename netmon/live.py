@@ -259,6 +259,14 @@ def open_writer(args, linktype, user):
     return writer
 
 
+def user_name():
+    """Return the effective user's name, or its uid when it has no passwd entry."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
 def drop_privileges(user):
     """Switch to ``user`` and its primary group, with no supplementary groups."""
     os.setgroups([])
@@ -298,7 +306,7 @@ class Agent:
             " or ".join(str(port) for port in sorted(set(args.port))),
             host,
             port,
-            pwd.getpwuid(os.geteuid()).pw_name,
+            user_name(),
         )
         self.capture_until_stopped()
         self._log_summary("stopped")
