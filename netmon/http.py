@@ -611,7 +611,13 @@ class MessageParser:
         self.state = CHUNK_SIZE
         self.line = None
 
-    def _chunk_size(self, data, pos, ts):
+    def _take_line(self, data, pos, ts):
+        """Consume bytes up to and including the next LF into the current message.
+
+        Return (line, next position). The line is None when the segment ends
+        first (the partial line waits in self.line) or the line grew past
+        MAX_CHUNK_LINE_BYTES, which ends the message.
+        """
         msg = self.msg
         newline = data.find(b"\n", pos)
         if newline < 0:
@@ -622,12 +628,18 @@ class MessageParser:
             if len(self.line) > MAX_CHUNK_LINE_BYTES:
                 self.errors["chunk_line_too_large"] += 1
                 self._framing_lost()
-            return len(data)
+            return None, len(data)
         piece = data[pos:newline + 1]
         line = piece if self.line is None else self.line + piece
         self.line = None
         msg.wire_bytes += len(piece)
         msg.end_ts = ts
+        return line, newline + 1
+
+    def _chunk_size(self, data, pos, ts):
+        line, pos = self._take_line(data, pos, ts)
+        if line is None:
+            return pos
         size_text = line.split(b";", 1)[0].strip()
         try:
             size = int(size_text, 16)
@@ -636,13 +648,13 @@ class MessageParser:
         if size < 0 or not size_text or b"_" in size_text or b"x" in size_text.lower():
             self.errors["bad_chunk_size"] += 1
             self._framing_lost()
-            return newline + 1
+            return pos
         if size == 0:
             self.state = TRAILER
         else:
             self.state = CHUNK_DATA
             self.remaining = size
-        return newline + 1
+        return pos
 
     def _chunk_end(self, data, pos, ts):
         byte = data[pos]
@@ -661,23 +673,10 @@ class MessageParser:
 
     def _trailer(self, data, pos, ts):
         # Trailer lines end with an empty line; self.line holds a partial one.
-        msg = self.msg
         while pos < len(data):
-            newline = data.find(b"\n", pos)
-            if newline < 0:
-                piece = data[pos:]
-                self.line = piece if self.line is None else self.line + piece
-                msg.wire_bytes += len(piece)
-                if len(self.line) > MAX_CHUNK_LINE_BYTES:
-                    self.errors["chunk_line_too_large"] += 1
-                    self._framing_lost()
-                return len(data)
-            piece = data[pos:newline + 1]
-            line = piece if self.line is None else self.line + piece
-            self.line = None
-            msg.wire_bytes += len(piece)
-            msg.end_ts = ts
-            pos = newline + 1
+            line, pos = self._take_line(data, pos, ts)
+            if line is None:
+                return pos
             if line == b"\r\n" or line == b"\n":
                 self._finish()
                 return pos
