@@ -92,6 +92,11 @@ class Flow:
         """Return the request this new response answers, NO_PEER, or None to wait."""
         pending = self.pending
         ack = response.ack
+        client = self.requests
+        if client.ooo and ack is not None:
+            # Requests buffered behind a hole the server has acknowledged
+            # past: declare the hole lost so that those requests start now.
+            client.declare_lost_before(ack, response.start_ts)
         if response.after_gap and ack is not None:
             # Responses to the older pending requests may be lost in the gap.
             while len(pending) > 1 and seq_lt(pending[1].start_seq, ack):
@@ -103,7 +108,6 @@ class Flow:
             pending.popleft()
             request.peer = response
             return request
-        client = self.requests
         lagging = client.next_seq is None or seq_lt(client.next_seq, ack) if ack is not None else False
         if lagging and not client.closed:
             if self.waiting is None:
@@ -224,6 +228,19 @@ class FlowTable:
         if not flow.done:
             flow.close(flow.last_ts, reset=True)
         self.evicted[reason] += 1
+
+    def relieve_memory(self, ts):
+        """Flush the largest reassembly buffers until the total is under the cap."""
+        while self.buffered > self.limits.max_total_buffer:
+            largest = None
+            for flow in self.flows.values():
+                for stream in (flow.requests, flow.responses):
+                    if stream.ooo and (largest is None or stream.ooo_bytes > largest.ooo_bytes):
+                        largest = stream
+            if largest is None:
+                return
+            self.evicted["memory"] += 1
+            largest.flush(ts)
 
     def sweep(self, ts):
         """Close flows idle past the timeout; drop closed ones after a short linger."""

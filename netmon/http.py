@@ -430,6 +430,7 @@ class MessageParser:
     def _drop_head(self, reason):
         self.counters.unattributed[reason] += len(self.head)
         self.head = None
+        self._end_open_message()
         self.state = SYNC
         self.sync_reason = reason
 
@@ -448,12 +449,20 @@ class MessageParser:
                 return
         self.counters.unattributed[reason] += len(head)
         self.head = None
+        self._end_open_message()
+
+    def _end_open_message(self):
+        """End a response left open after interim 1xx heads, as incomplete."""
+        if self.msg is not None:
+            self.msg.complete = False
+            self._finish()
 
     def _parse_head(self, head, ts):
         newline = head.find(b"\n")
         msg = self._new_message(head[:newline + 1], ts)
         if msg is None:
             self.counters.unattributed["not_http"] += len(head)
+            self._end_open_message()
             self.state = SYNC
             self.sync_reason = "not_http"
             return

@@ -264,7 +264,9 @@ class HealthCollector:
         yield _counter("netmon_connections", "TCP connections tracked since start.", table.flows_created)
         yield _counter(
             "netmon_connections_evicted",
-            "Connections closed early to bound memory or after idling, by reason.",
+            "Connections closed early, by reason: idle (past --idle-timeout), table_full (past "
+            "--max-connections), memory (reassembly buffer flushed, holes declared lost, to stay "
+            "under --max-memory-mb; the connection stays tracked).",
             None,
             ["reason"],
             [((reason,), table.evicted.get(reason, 0)) for reason in EVICTION_REASONS],

@@ -137,8 +137,7 @@ class Stream:
         """End the stream: declare every remaining hole a gap, then close."""
         if self.closed:
             return
-        while self.ooo:
-            self._gap_to_next(ts)
+        self.flush(ts)
         if self.fin_seq is not None and self.next_seq is not None and seq_lt(self.next_seq, self.fin_seq):
             # The FIN's sequence number proves bytes that were never captured.
             size = (self.fin_seq - self.next_seq) & MASK
@@ -147,6 +146,12 @@ class Stream:
 
     def _close(self, ts, reset):
         self.closed = True
+        if self.ooo:
+            # Segments past the FIN can never be delivered: release them.
+            for payload, _, _, _ in self.ooo.values():
+                self._account_buffer(-len(payload))
+                self.flow.table.skip("after_close")
+            self.ooo = None
         events = self.parser.close(ts, reset)
         if events:
             self.flow.on_events(events)
@@ -183,15 +188,27 @@ class Stream:
             self._account_buffer(-len(previous[0]))
         ooo[seq] = (payload, missing, ts, ack)
         self._account_buffer(len(payload))
-        limits = self.flow.table.limits
         table = self.flow.table
+        limits = table.limits
         while self.ooo and (
-            self.ooo_bytes > limits.max_stream_buffer
-            or len(self.ooo) > limits.max_stream_segments
-            or table.buffered > limits.max_total_buffer
+            self.ooo_bytes > limits.max_stream_buffer or len(self.ooo) > limits.max_stream_segments
         ):
-            if table.buffered > limits.max_total_buffer:
-                table.evict("memory")
+            self._gap_to_next(ts)
+        if table.buffered > limits.max_total_buffer:
+            table.relieve_memory(ts)
+
+    def flush(self, ts):
+        """Declare every hole lost and deliver everything buffered."""
+        while self.ooo:
+            self._gap_to_next(ts)
+
+    def declare_lost_before(self, seq, ts):
+        """Declare holes before ``seq`` lost when data after them is already buffered.
+
+        The peer acknowledged ``seq``, so the bytes before it were sent; with
+        later bytes already captured, the missing ones are lost, not late.
+        """
+        while self.ooo and self.next_seq is not None and seq_lt(self.next_seq, seq):
             self._gap_to_next(ts)
 
     def _account_buffer(self, size):
@@ -212,7 +229,11 @@ class Stream:
             if not behind:
                 return
             for s in behind:
-                payload, missing, seg_ts, ack = ooo.pop(s)
+                # data() drains too, so an earlier iteration may have taken it.
+                item = ooo.pop(s, None)
+                if item is None:
+                    continue
+                payload, missing, seg_ts, ack = item
                 self._account_buffer(-len(payload))
                 self.data(s, payload, missing, seg_ts, ack)
 
