@@ -297,6 +297,9 @@ def limits_from(args):
         max_total_buffer=int(args.max_memory_mb * (1 << 20)),
         max_flows=args.max_connections,
         idle_timeout=args.idle_timeout,
+        # A closed connection is kept a while to absorb late retransmissions,
+        # but never longer than an idle one.
+        closed_linger=min(30.0, args.idle_timeout),
     )
 
 
