@@ -22,11 +22,12 @@ library:
 """
 import ctypes
 import os
+import re
 import socket
 import struct
 import threading
 
-from .decode import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL
+from .decode import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, decode
 
 # Linux constants from <linux/if_packet.h>, <linux/filter.h> and
 # <asm-generic/socket.h>; the socket module does not export all of them.
@@ -62,6 +63,10 @@ _VLAN_TAG = struct.Struct("!HH")
 
 class LiveCaptureError(Exception):
     """A capture that could not be opened or read, with a message that names the fix."""
+
+
+class CaptureLostError(LiveCaptureError):
+    """Reading failed because the interface went down or away; ``recover()`` may resume it."""
 
 
 PERMISSION_MESSAGE = (
@@ -235,6 +240,68 @@ def _interface_type(name):
         return None
 
 
+IFF_UP = 0x1
+
+
+def interface_problem(name, ifindex):
+    """Return why the capture bound to ``name`` at ``ifindex`` cannot read, or None when it can."""
+    if name == "any":
+        return None
+    try:
+        with open(os.path.join(SYS_CLASS_NET, name, "flags")) as file:
+            flags = int(file.read().strip(), 16)
+        current = socket.if_nametoindex(name)
+    except (OSError, ValueError):
+        return f"interface {name!r} not found"
+    if not flags & IFF_UP:
+        return f"interface {name!r} is down"
+    if current != ifindex:
+        return f"interface {name!r} was re-created (index {ifindex}, now {current})"
+    return None
+
+
+def recover_capture(capture, fileno):
+    """Resume ``capture`` (either class) after its interface came back; return None, or why it failed.
+
+    A packet socket stays bound while its interface is down and receives
+    again once it is up, so nothing is to be done then. A re-created
+    interface has a new index: the socket ``fileno`` is bound to it again,
+    and when the kernel rejects that (a socket in a fan-out group), a new
+    capture is opened, which needs the privileges of the start.
+    """
+    problem = capture.check_interface()
+    # Only a re-created interface that is up gets past this check.
+    if problem is None or "re-created" not in problem:
+        return problem
+    try:
+        capture.ifindex = _rebind(fileno, capture.interface)
+        return None
+    except OSError as error:
+        rebind_error = error.strerror or str(error)
+    fresh = type(capture)(capture.interface, capture.ports, capture.buffer_bytes)
+    try:
+        fresh.open()
+    except LiveCaptureError as error:
+        return f"{problem}; binding the capture to it failed ({rebind_error}), and so did opening a new one: {error}"
+    capture.adopt(fresh)
+    return None
+
+
+def _rebind(fileno, name):
+    """Bind the packet socket ``fileno`` to the current interface ``name``; raise OSError.
+
+    bind() needs no capability, unlike opening a packet socket, so this works
+    after the privilege drop. The kernel rejects it (EINVAL) for a socket in
+    a fan-out group.
+    """
+    sock = socket.socket(fileno=os.dup(fileno))
+    try:
+        sock.bind((name, ETH_P_ALL))
+    finally:
+        sock.close()
+    return socket.if_nametoindex(name)
+
+
 def _loopback_index():
     for name in interface_names():
         if _interface_type(name) == ARPHRD_LOOPBACK:
@@ -258,6 +325,9 @@ class LiveCapture:
         self.linktype = None
         self.cooked = False
         self.kernel_buffer_bytes = None
+        self.ifindex = 0
+        # Times recover() replaced the socket; fan-out workers join the group again then.
+        self.reopened = 0
         self.received = 0
         self.dropped = 0
         self._stats_lock = threading.Lock()
@@ -310,6 +380,7 @@ class LiveCapture:
             sock.close()
             raise LiveCaptureError(f"setting up the capture on {interface} failed: {error.strerror or error}") from None
         self.sock = sock
+        self.ifindex = ifindex
         # Start the counters from zero: the discarded packets are no news.
         self.read_statistics()
         self.received = self.dropped = 0
@@ -331,6 +402,23 @@ class LiveCapture:
             self.sock.close()
             self.sock = None
 
+    def check_interface(self):
+        """Return why the capture cannot read its interface, or None."""
+        return interface_problem(self.interface, self.ifindex)
+
+    def recover(self):
+        """Resume after the interface came back; return None, or the reason it cannot yet."""
+        return recover_capture(self, self.sock.fileno())
+
+    def adopt(self, fresh):
+        """Replace the socket with the one of ``fresh``, an open LiveCapture; keep the counters."""
+        received, dropped = self.read_statistics()
+        self.close()
+        self.sock, self.ifindex, self.kernel_buffer_bytes = fresh.sock, fresh.ifindex, fresh.kernel_buffer_bytes
+        fresh.sock = None
+        self.received, self.dropped = received, dropped
+        self.reopened += 1
+
     def read_batch(self, handle_packet, max_packets):
         """Pass queued packets to ``handle_packet``; return how many, 0 when the queue is empty.
 
@@ -351,6 +439,9 @@ class LiveCapture:
                 break
             except InterruptedError:
                 continue
+            except OSError as error:
+                # ENETDOWN or ENODEV, reported once when the interface goes.
+                raise CaptureLostError(f"reading from {self.interface} failed: {error.strerror or error}") from None
             seconds = microseconds = 0
             wirelen = length
             vlan = None
@@ -414,8 +505,14 @@ class PcapCapture:
         self.handle = None
         self.linktype = None
         self.kernel_buffer_bytes = buffer_bytes
+        self.ifindex = 0
+        # Times recover() replaced the handle; fan-out workers join the group again then.
+        self.reopened = 0
         self.received = 0
         self.dropped = 0
+        # libpcap's counters at the last reopen, as its new handle starts from 0.
+        self._base_received = 0
+        self._base_dropped = 0
 
     def open(self):
         import pcapy
@@ -447,6 +544,8 @@ class PcapCapture:
         handle.setnonblock(1)
         self.handle = handle
         self.linktype = handle.datalink()
+        if interface != "any":
+            self.ifindex = socket.if_nametoindex(interface)
 
     def fileno(self):
         return self.handle.getfd()
@@ -456,7 +555,29 @@ class PcapCapture:
             self.handle.close()
             self.handle = None
 
+    def check_interface(self):
+        """Return why the capture cannot read its interface, or None."""
+        return interface_problem(self.interface, self.ifindex)
+
+    def recover(self):
+        """Resume after the interface came back; return None, or the reason it cannot yet.
+
+        libpcap's socket is bound again with its ring and filter in place.
+        """
+        return recover_capture(self, self.handle.getfd())
+
+    def adopt(self, fresh):
+        """Replace the handle with the one of ``fresh``, an open PcapCapture; keep the counters."""
+        received, dropped = self.read_statistics()
+        self.close()
+        self.handle, self.ifindex = fresh.handle, fresh.ifindex
+        fresh.handle = None
+        self._base_received, self._base_dropped = received, dropped
+        self.reopened += 1
+
     def read_batch(self, handle_packet, max_packets):
+        import pcapy
+
         linktype = self.linktype
 
         def deliver(header, data):
@@ -465,7 +586,11 @@ class PcapCapture:
 
         count = 0
         while count < max_packets:
-            delivered = self.handle.dispatch(max_packets - count, deliver)
+            try:
+                delivered = self.handle.dispatch(max_packets - count, deliver)
+            except pcapy.PcapError as error:
+                # libpcap reports "The interface went down" or "...disappeared".
+                raise CaptureLostError(f"reading from {self.interface} failed: {error}") from None
             if delivered <= 0:
                 break
             count += delivered
@@ -480,7 +605,7 @@ class PcapCapture:
         """
         if self.handle is not None:
             received, dropped, _ = self.handle.stats()
-            self.received, self.dropped = received, dropped
+            self.received, self.dropped = self._base_received + received, self._base_dropped + dropped
         return self.received, self.dropped
 
 
@@ -531,22 +656,70 @@ def _discard_queue(sock):
             return
 
 
+# -- secret masking -------------------------------------------------------------
+
+SECRET_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie")
+# A header line at the start of the TCP payload or after a line feed. Group 1
+# is the value without the whitespace around the colon.
+_SECRET_HEADER_LINE = re.compile(
+    rb"^(?:(?:proxy-)?authorization|(?:set-)?cookie)[ \t]*:[ \t]*([^\r\n]*)",
+    re.IGNORECASE | re.MULTILINE,
+)
+SECRET_MASK_BYTE = b"*"
+
+
+def mask_secret_headers(linktype, data):
+    """Return ``data`` with the values of SECRET_HEADERS lines in its TCP payload replaced by ``*``.
+
+    The frame keeps its length, so every byte count stays the same, but the
+    TCP checksum no longer matches. Frames whose bytes contain neither
+    "cookie" nor "authorization" in any case are returned unchanged after one
+    lower-casing and two substring searches. NOTE: each frame is masked on
+    its own, so a header line split across two segments is masked only in the
+    part that follows the name in the same segment.
+    """
+    lowered = data.lower()
+    if b"cookie" not in lowered and b"authorization" not in lowered:
+        return data
+    decoded = decode(linktype, data)
+    if isinstance(decoded, str):
+        return data
+    payload = decoded[7]
+    if not payload:
+        return data
+    masked = None
+    for match in _SECRET_HEADER_LINE.finditer(payload):
+        start, end = match.span(1)
+        if start == end:
+            continue
+        if masked is None:
+            masked = bytearray(data)
+            # decode() returns the payload as a slice of the frame, and only
+            # an Ethernet trailer can follow it, so its last occurrence is it.
+            offset = bytes(data).rfind(payload)
+        masked[offset + start:offset + end] = SECRET_MASK_BYTE * (end - start)
+    return data if masked is None else masked
+
+
 class PcapWriter:
     """Write packets to a pcap file and rotate it at a size limit.
 
     The newest file is ``path``; older ones are ``path.1`` (the most recent)
     up to ``path.<max_files - 1>``, and the oldest beyond that is deleted.
-    Timestamps are stored in microseconds, like the live pipeline's.
+    Timestamps are stored in microseconds, like the live pipeline's. With
+    ``mask_secrets`` the values of SECRET_HEADERS are masked before a frame
+    is written (see ``mask_secret_headers``).
     """
 
     _RECORD = struct.Struct("<IIII")
 
-    def __init__(self, path, linktype, max_bytes, max_files, snaplen=SNAPLEN):
+    def __init__(self, path, linktype, max_bytes, max_files, snaplen=SNAPLEN, mask_secrets=True):
         self.path = path
         self.linktype = linktype
         self.max_bytes = max_bytes
         self.max_files = max_files
         self.snaplen = snaplen
+        self.mask_secrets = mask_secrets
         self.file = None
         self.size = 0
         self.bytes_written = 0
@@ -561,6 +734,8 @@ class PcapWriter:
         self.bytes_written += len(header)
 
     def write(self, ts, data, wirelen):
+        if self.mask_secrets:
+            data = mask_secret_headers(self.linktype, data)
         record_size = self._RECORD.size + len(data)
         if self.size + record_size > self.max_bytes and self.size > 24:
             self.rotate()

@@ -74,13 +74,38 @@ class JoinedCapture:
     only, like the loss of any capture that starts during traffic.
     """
 
-    def __init__(self, capture, joined_at):
+    def __init__(self, capture, joined_at, group_id):
         self.capture = capture
         self.joined_at = joined_at
+        self.group_id = group_id
         self.discarded = 0
+        # True from a reopen of the capture until the new socket joined the group.
+        self.join_pending = False
 
     def __getattr__(self, name):
         return getattr(self.capture, name)
+
+    def recover(self):
+        """Resume the capture like ``capture.recover()``, and join the group again with a new socket.
+
+        The join fails while another worker's old socket, bound to the
+        deleted interface, is still in the group, so it is retried. NOTE:
+        opening the new socket needs CAP_NET_RAW, so after the switch to
+        --user a re-created interface keeps the worker down until a restart.
+        """
+        reopened = self.capture.reopened
+        problem = self.capture.recover()
+        if self.capture.reopened != reopened:
+            self.join_pending = True
+        if problem is not None or not self.join_pending:
+            return problem
+        try:
+            join_fanout(self.capture, self.group_id)
+        except LiveCaptureError as error:
+            return str(error)
+        self.join_pending = False
+        self.joined_at = time.time()
+        return None
 
     def read_batch(self, handle_packet, max_packets):
         joined_at = self.joined_at
@@ -122,6 +147,8 @@ def take_snapshot(agent, policy, metrics):
         "other_methods": policy.other_methods,
         "received": agent.received,
         "dropped": agent.dropped,
+        # Summed in the parent: the number of workers whose capture is down.
+        "capture_down": 0 if agent.capture_up else 1,
     }
     for name in _HTTP_FIELDS:
         snapshot[name] = getattr(metrics, name)
@@ -158,7 +185,7 @@ def _worker_main(index, args, group_id, connection, drop_to):
     except LiveCaptureError as error:
         connection.send(("error", str(error)))
         return 1
-    capture = JoinedCapture(capture, time.time())
+    capture = JoinedCapture(capture, time.time(), group_id)
     connection.send(("ready", {
         "linktype": capture.linktype,
         "backend": capture.backend,
@@ -210,18 +237,6 @@ def _add_into(target, values):
             target[key] = target.get(key, 0) + value
 
 
-class _Locked:
-    """A collector wrapper that takes ``lock`` while collecting, so a scrape sees one merge."""
-
-    def __init__(self, collector, lock):
-        self.collector = collector
-        self.lock = lock
-
-    def collect(self):
-        with self.lock:
-            return list(self.collector.collect())
-
-
 class MergedState:
     """The parent's view of all workers, shaped like the objects the collectors read."""
 
@@ -235,6 +250,7 @@ class MergedState:
         self.policy = SimpleNamespace(mapper=SimpleNamespace(overflow_total=0), other_methods=0)
         self.received = 0
         self.dropped = 0
+        self.capture_down = 0
         self.writer = None
         self.update(0, None)
 
@@ -274,12 +290,17 @@ class MergedState:
         self.policy.other_methods = merged.get("other_methods", 0)
         self.received = merged.get("received", 0)
         self.dropped = merged.get("dropped", 0)
+        self.capture_down = merged.get("capture_down", 0)
 
     def healthy(self):
         from .live import STALL_LIMIT_S
 
         now = time.monotonic()
-        return not self.stopping and all(now - seen < STALL_LIMIT_S for seen in self.last_seen)
+        return (
+            not self.stopping
+            and self.capture_down == 0
+            and all(now - seen < STALL_LIMIT_S for seen in self.last_seen)
+        )
 
 
 class _ZeroDict(dict):
@@ -289,7 +310,10 @@ class _ZeroDict(dict):
 
 def run_fanout(args, drop_to):
     """Run ``args.workers`` capture workers and serve their summed metrics; return the exit status."""
-    from .live import CaptureCollector, EXIT_FAILURE, EXIT_OK, _fail, drop_privileges, start_metrics_server, user_name
+    from .live import (
+        CaptureCollector, EXIT_FAILURE, EXIT_OK, LockedCollector, _fail, describe_access, drop_privileges,
+        start_metrics_server, user_name,
+    )
 
     context = multiprocessing.get_context("fork")
     # Fan-out group ids are per network namespace, and the parent's pid keeps
@@ -320,11 +344,11 @@ def run_fanout(args, drop_to):
 
     state = MergedState(args, len(workers))
     registry = new_registry()
-    registry.register(_Locked(state.metrics, state.lock))
-    registry.register(_Locked(HealthCollector(state.pipeline, state.policy), state.lock))
-    registry.register(_Locked(CaptureCollector(state), state.lock))
+    registry.register(LockedCollector(state.metrics, state.lock))
+    registry.register(LockedCollector(HealthCollector(state.pipeline, state.policy), state.lock))
+    registry.register(LockedCollector(CaptureCollector(state), state.lock))
     try:
-        server = start_metrics_server(args.metrics_listen, args.metrics_port, registry, state)
+        server = start_metrics_server(args.metrics_listen, args.metrics_port, registry, state, args.web_config)
     except OSError as error:
         stop_workers()
         return _fail(f"serving metrics on {args.metrics_listen} port {args.metrics_port} failed: {error}")
@@ -334,11 +358,11 @@ def run_fanout(args, drop_to):
         host, port = server.server_address[:2]
         log.info(
             "capturing on %s (%s, %s backend, kernel buffer %.0f MiB per worker, %d workers joined in "
-            "fan-out group %d by flow hash), filter: TCP port %s; serving /metrics and /healthz on %s port %d; "
+            "fan-out group %d by flow hash), filter: TCP port %s; serving /metrics and /healthz on %s port %d%s; "
             "running as %s",
             args.iface, linktype_name(info["linktype"]), info["backend"], info["kernel_buffer_bytes"] / (1 << 20),
             len(workers), group_id, " or ".join(str(p) for p in sorted(set(args.port))), host, port,
-            user_name(),
+            describe_access(args.web_config), user_name(),
         )
         status = _serve_until_stopped(workers, state, stop_workers)
     finally:

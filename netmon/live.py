@@ -6,6 +6,7 @@ serves them on ``/metrics``. The capture loop runs in the main thread. The
 HTTP server runs in its own threads and only reads counters.
 """
 
+import ctypes
 import datetime
 import errno
 import json
@@ -23,10 +24,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .capture_live import BACKENDS, LiveCaptureError, PcapWriter, open_capture
+from .capture_live import BACKENDS, CaptureLostError, LiveCaptureError, PcapWriter, open_capture
 from .decode import linktype_name
 from .metrics import HealthCollector, HttpMetrics, LabelPolicy, new_registry
 from .pipeline import Pipeline
+from .webconfig import WebConfigError, load_web_config
 
 log = logging.getLogger("netmon.live")
 
@@ -47,6 +49,12 @@ DROP_WARNING_INTERVAL_S = 10.0
 STALL_LIMIT_S = 10.0
 # Packets read before the loop checks the clock and the stop flag.
 BATCH_PACKETS = 4096
+# Seconds between attempts to resume a lost capture: doubled after each
+# failed attempt, from the first value up to the second.
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 5.0
+# Minimum seconds between two "still down" warnings.
+RETRY_LOG_INTERVAL_S = 60.0
 
 
 def add_live_parser(commands, add_common_options):
@@ -82,6 +90,14 @@ def add_live_parser(commands, add_common_options):
         help=f"TCP port to serve /metrics and /healthz on (default: {DEFAULT_METRICS_PORT})",
     )
 
+    serve.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="YAML file in the Prometheus exporter format with tls_server_config (cert_file, key_file) "
+        "and basic_auth_users (user: bcrypt hash) for /metrics and /healthz",
+    )
+
     capture = live.add_argument_group("capture")
     capture.add_argument(
         "--buffer-mb",
@@ -115,6 +131,12 @@ def add_live_parser(commands, add_common_options):
         default=10,
         metavar="N",
         help="number of --write-pcap files kept, the current one included; older ones are deleted (default: 10)",
+    )
+    capture.add_argument(
+        "--keep-secrets",
+        action="store_true",
+        help="write Authorization, Proxy-Authorization, Cookie and Set-Cookie values to --write-pcap "
+        "unchanged; by default they are overwritten with '*' of the same length",
     )
 
     process = live.add_argument_group("process")
@@ -173,6 +195,13 @@ def run_live(args):
         raise UsageError("live needs at least one --port: the TCP port of the HTTP server to monitor")
     if args.log_format == "json":
         use_json_logging()
+    web_config = None
+    if args.web_config_file:
+        try:
+            web_config = load_web_config(args.web_config_file)
+        except WebConfigError as error:
+            raise UsageError(str(error)) from None
+    args.web_config = web_config
     drop_to = None
     if os.geteuid() == 0 and not args.no_drop_privileges:
         try:
@@ -193,14 +222,15 @@ def run_live(args):
     mapper = endpoint_mapper_from(args)
     policy = LabelPolicy(mapper)
     registry = new_registry()
-    metrics = HttpMetrics(registry, prefix=args.metric_prefix, buckets=args.buckets)
+    # The collectors are registered behind the agent's lock (below), because
+    # the capture loop changes the dicts they iterate over.
+    metrics = HttpMetrics(new_registry(), prefix=args.metric_prefix, buckets=args.buckets)
 
     def sink(transaction):
         method, endpoint = policy.labels(transaction)
         metrics.observe(transaction, method, endpoint)
 
     pipeline = Pipeline(args.port, sink, limits_from(args))
-    registry.register(HealthCollector(pipeline, policy))
 
     try:
         capture = open_capture(args.capture_backend, args.iface, args.port, int(args.buffer_mb * (1 << 20)))
@@ -208,10 +238,12 @@ def run_live(args):
         return _fail(str(error))
 
     agent = Agent(args, capture, pipeline)
-    registry.register(CaptureCollector(agent))
+    registry.register(LockedCollector(metrics, agent.lock))
+    registry.register(LockedCollector(HealthCollector(pipeline, policy), agent.lock))
+    registry.register(LockedCollector(CaptureCollector(agent), agent.lock))
     try:
         try:
-            server = start_metrics_server(args.metrics_listen, args.metrics_port, registry, agent)
+            server = start_metrics_server(args.metrics_listen, args.metrics_port, registry, agent, web_config)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 return _fail(
@@ -245,6 +277,7 @@ def open_writer(args, linktype, user):
         linktype,
         max_bytes=int(args.write_pcap_max_mb * (1 << 20)),
         max_files=args.write_pcap_files,
+        mask_secrets=not args.keep_secrets,
     )
     try:
         writer.open()
@@ -259,6 +292,15 @@ def open_writer(args, linktype, user):
     return writer
 
 
+def describe_access(web_config):
+    """Return the start line's note on TLS and basic authentication, empty without --web.config.file."""
+    if web_config is None:
+        return ""
+    scheme = "HTTPS" if web_config.tls else "plain HTTP"
+    auth = f"basic auth for {len(web_config.users)} users" if web_config.requires_auth else "no authentication"
+    return f" ({scheme}, {auth})"
+
+
 def user_name():
     """Return the effective user's name, or its uid when it has no passwd entry."""
     try:
@@ -267,12 +309,69 @@ def user_name():
         return str(os.geteuid())
 
 
+# <linux/prctl.h> and <linux/capability.h>
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
 def drop_privileges(user):
-    """Switch to ``user`` and its primary group, with no supplementary groups."""
+    """Switch to ``user`` and its primary group, with no supplementary groups and no capabilities.
+
+    setuid() from root already empties the permitted, effective and ambient
+    sets. The bounding set is emptied first (while CAP_SETPCAP is still
+    held) and the inheritable set after, so no later execve() can regain a
+    capability, and no_new_privs keeps setuid binaries from doing so either.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    dropped = _drop_bounding_set(libc)
     os.setgroups([])
     os.setgid(user.pw_gid)
     os.setuid(user.pw_uid)
-    log.debug("switched to user %s (uid %d, gid %d)", user.pw_name, user.pw_uid, user.pw_gid)
+    _clear_ambient_and_inheritable(libc)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        log.warning("setting no_new_privs failed: %s", os.strerror(ctypes.get_errno()))
+    log.debug(
+        "switched to user %s (uid %d, gid %d), %d capabilities dropped from the bounding set",
+        user.pw_name, user.pw_uid, user.pw_gid, dropped,
+    )
+
+
+def _drop_bounding_set(libc):
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as file:
+            last_capability = int(file.read())
+    except (OSError, ValueError):
+        last_capability = 63
+    dropped = 0
+    for capability in range(last_capability + 1):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) == 0:
+            dropped += 1
+            continue
+        error = ctypes.get_errno()
+        if error == errno.EINVAL:
+            # The kernel does not know this capability number.
+            break
+        log.warning(
+            "dropping capability %d from the bounding set failed: %s; the bounding set stays partly full",
+            capability, os.strerror(error),
+        )
+        break
+    return dropped
+
+
+def _clear_ambient_and_inheritable(libc):
+    if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        # EINVAL: a kernel before 4.3, which has no ambient set.
+        if ctypes.get_errno() != errno.EINVAL:
+            log.warning("clearing the ambient capabilities failed: %s", os.strerror(ctypes.get_errno()))
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    # Two struct __user_cap_data_struct {effective, permitted, inheritable}, all zero.
+    data = (ctypes.c_uint32 * 6)()
+    if libc.capset(header, data) != 0:
+        log.warning("clearing the inheritable capabilities failed: %s", os.strerror(ctypes.get_errno()))
 
 
 class Agent:
@@ -289,6 +388,12 @@ class Agent:
         self.dropped = 0
         self._dropped_warned = 0
         self._next_drop_warning = 0.0
+        # False while the interface is down or gone and the capture is retried.
+        self.capture_up = True
+        # Held by the capture loop while it processes a batch and by each
+        # scrape while it collects, so a scrape never iterates over a dict
+        # that the pipeline is changing.
+        self.lock = threading.Lock()
         # Called once a second from the capture loop; fan-out workers send
         # their counters to the parent from it.
         self.on_tick = None
@@ -298,7 +403,7 @@ class Agent:
         host, port = server.server_address[:2]
         log.info(
             "capturing on %s (%s, %s backend, kernel buffer %.0f MiB), filter: TCP port %s; "
-            "serving /metrics and /healthz on %s port %d; running as %s",
+            "serving /metrics and /healthz on %s port %d%s; running as %s",
             args.iface,
             linktype_name(self.capture.linktype),
             self.capture.backend,
@@ -306,6 +411,7 @@ class Agent:
             " or ".join(str(port) for port in sorted(set(args.port))),
             host,
             port,
+            describe_access(args.web_config),
             user_name(),
         )
         self.capture_until_stopped()
@@ -326,8 +432,9 @@ class Agent:
                 signal.signal(number, handler)
             wake_reader.close()
             wake_writer.close()
-        self.pipeline.finish()
-        self._read_statistics()
+        with self.lock:
+            self.pipeline.finish()
+            self._read_statistics()
         if self.writer is not None:
             self.writer.close()
 
@@ -353,9 +460,12 @@ class Agent:
         packets_at_tick = 0
         while not self.stopping:
             try:
-                count = capture.read_batch(handle_packet, BATCH_PACKETS)
-            except OSError as error:
-                raise LiveCaptureError(f"reading from {self.args.iface} failed: {error}") from None
+                with self.lock:
+                    count = capture.read_batch(handle_packet, BATCH_PACKETS)
+            except CaptureLostError as error:
+                self._recover_capture(str(error), wake_reader)
+                poller = self._new_poller(wake_reader)
+                continue
             if count == 0:
                 poller.poll(TICK_S * 1000 / 4)
                 try:
@@ -367,20 +477,72 @@ class Agent:
                 continue
             next_tick = now + TICK_S
             self.heartbeat = now
-            self._read_statistics()
+            with self.lock:
+                self._read_statistics()
+                if self.pipeline.packets == packets_at_tick:
+                    # Idle expiry runs on packet timestamps. Without packets the
+                    # wall clock, which the kernel stamps packets with, drives it,
+                    # so idle connections still release their memory.
+                    self.pipeline.table.sweep(time.time())
+                packets_at_tick = self.pipeline.packets
             if self.writer is not None:
                 self.writer.flush()
-            if self.pipeline.packets == packets_at_tick:
-                # Idle expiry runs on packet timestamps. Without packets the
-                # wall clock, which the kernel stamps packets with, drives it,
-                # so idle connections still release their memory.
-                self.pipeline.table.sweep(time.time())
-            packets_at_tick = self.pipeline.packets
             if self.on_tick is not None:
                 self.on_tick()
             if now >= next_summary:
                 next_summary = now + SUMMARY_INTERVAL_S
                 self._log_summary("running")
+            problem = capture.check_interface()
+            if problem is not None:
+                self._recover_capture(problem, wake_reader)
+                poller = self._new_poller(wake_reader)
+
+    def _new_poller(self, wake_reader):
+        # A reopened capture can have a new descriptor.
+        poller = select.poll()
+        poller.register(self.capture.fileno(), select.POLLIN)
+        poller.register(wake_reader.fileno(), select.POLLIN)
+        return poller
+
+    def _recover_capture(self, reason, wake_reader):
+        """Retry the capture with exponential backoff until it reads again or a signal stops the agent.
+
+        /metrics keeps serving meanwhile, with netmon_capture_up 0. The first
+        failure is logged at once, and repeats at most every
+        RETRY_LOG_INTERVAL_S seconds, with the number of retries.
+        """
+        interface = self.args.iface
+        self.capture_up = False
+        lost_at = time.monotonic()
+        log.warning(
+            "capture on %s lost: %s; retrying with backoff from %.1f to %.0f s",
+            interface, reason, RETRY_INITIAL_S, RETRY_MAX_S,
+        )
+        next_log = lost_at + RETRY_LOG_INTERVAL_S
+        delay = RETRY_INITIAL_S
+        retries = 0
+        while not self.stopping:
+            _wait_readable(wake_reader, delay)
+            now = time.monotonic()
+            self.heartbeat = now
+            if self.on_tick is not None:
+                self.on_tick()
+            if self.stopping:
+                break
+            reason = self.capture.recover()
+            retries += 1
+            if reason is None:
+                self.capture_up = True
+                log.info(
+                    "capture on %s resumed after %.1f s and %d attempts", interface, time.monotonic() - lost_at, retries
+                )
+                return
+            if now >= next_log:
+                log.warning(
+                    "capture on %s still down after %d retries in %.0f s: %s", interface, retries, now - lost_at, reason
+                )
+                next_log = now + RETRY_LOG_INTERVAL_S
+            delay = min(delay * 2, RETRY_MAX_S)
 
     def _read_statistics(self):
         received, dropped = self.capture.read_statistics()
@@ -410,7 +572,29 @@ class Agent:
         )
 
     def healthy(self):
-        return not self.stopping and time.monotonic() - self.heartbeat < STALL_LIMIT_S
+        return not self.stopping and self.capture_up and time.monotonic() - self.heartbeat < STALL_LIMIT_S
+
+
+def _wait_readable(wake_reader, timeout):
+    """Sleep up to ``timeout`` seconds, less when a signal arrives; drain the wake-up bytes."""
+    ready, _, _ = select.select([wake_reader], [], [], timeout)
+    if ready:
+        try:
+            wake_reader.recv(64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+
+
+class LockedCollector:
+    """A collector wrapper that collects while holding ``lock``, so its samples come from one consistent state."""
+
+    def __init__(self, collector, lock):
+        self.collector = collector
+        self.lock = lock
+
+    def collect(self):
+        with self.lock:
+            return list(self.collector.collect())
 
 
 class CaptureCollector:
@@ -436,7 +620,11 @@ class CaptureCollector:
         written = CounterMetricFamily("netmon_pcap_written_bytes", "Bytes written to --write-pcap files.")
         written.add_metric([], agent.writer.bytes_written if agent.writer is not None else 0)
         yield written
-        up = GaugeMetricFamily("netmon_capture_up", "1 while the capture loop runs, 0 once it has stalled or stopped.")
+        up = GaugeMetricFamily(
+            "netmon_capture_up",
+            "1 while the capture loop reads the interface; 0 while the interface is down or gone, "
+            "and once the loop has stalled or stopped.",
+        )
         up.add_metric([], 1 if agent.healthy() else 0)
         yield up
 
@@ -444,21 +632,43 @@ class CaptureCollector:
 # -- metrics endpoint -------------------------------------------------------
 
 
+# Seconds a metrics connection may take for the TLS handshake and for each
+# read, so stalled clients do not keep their threads forever.
+CONNECTION_TIMEOUT_S = 10.0
+
+
 class _MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
+    ssl_context = None
+
+    def finish_request(self, request, client_address):
+        # Runs in the connection's own thread, so a slow TLS handshake does
+        # not hold up accept().
+        request.settimeout(CONNECTION_TIMEOUT_S)
+        if self.ssl_context is not None:
+            request = self.ssl_context.wrap_socket(request, server_side=True)
+        super().finish_request(request, client_address)
 
     def handle_error(self, request, client_address):
-        # Usually a scraper that hung up mid-response; the default handler
-        # would print a traceback to stderr.
+        # Usually a scraper that hung up mid-response, or a client that does
+        # not speak TLS; the default handler would print a traceback to stderr.
         error = sys.exc_info()[1]
         log.debug("metrics request from %s failed: %s", client_address[0], error)
 
 
-def start_metrics_server(address, port, registry, agent):
-    """Serve /metrics and /healthz from a daemon thread; raise OSError when the bind fails."""
+def start_metrics_server(address, port, registry, agent, web_config=None):
+    """Serve /metrics and /healthz from a daemon thread; raise OSError when the bind fails.
+
+    With ``web_config`` (a WebConfig) the server speaks TLS when it has a
+    certificate, and responds with 401 to requests without a listed user.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            if web_config is not None and not web_config.authorized(self.headers.get("Authorization")):
+                self._send(401, "text/plain; charset=utf-8", b"unauthorized\n",
+                           {"WWW-Authenticate": 'Basic realm="netmon"'})
+                return
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
@@ -466,14 +676,16 @@ def start_metrics_server(address, port, registry, agent):
                 if agent.healthy():
                     self._send(200, "text/plain; charset=utf-8", b"ok\n")
                 else:
-                    self._send(503, "text/plain; charset=utf-8", b"capture loop stalled or stopping\n")
+                    self._send(503, "text/plain; charset=utf-8", b"capture down, stalled or stopping\n")
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found; try /metrics or /healthz\n")
 
-        def _send(self, status, content_type, body):
+        def _send(self, status, content_type, body, headers=None):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
@@ -484,6 +696,8 @@ def start_metrics_server(address, port, registry, agent):
     if ":" in address:
         server_class = type("_MetricsServer6", (_MetricsServer,), {"address_family": socket.AF_INET6})
     server = server_class((address, port), Handler)
+    if web_config is not None:
+        server.ssl_context = web_config.ssl_context
     thread = threading.Thread(target=server.serve_forever, name="netmon-metrics", daemon=True)
     thread.start()
     return server
