@@ -165,7 +165,7 @@ def take_snapshot(agent, policy, metrics):
 def _worker_main(index, args, group_id, connection, drop_to):
     """Open a capture in the fan-out group, run the pipeline and report counters to the parent."""
     from .cli import endpoint_mapper_from, limits_from
-    from .live import Agent, drop_privileges
+    from .live import Agent, drop_privileges, reload_routes
 
     try:
         policy = LabelPolicy(endpoint_mapper_from(args))
@@ -195,6 +195,7 @@ def _worker_main(index, args, group_id, connection, drop_to):
         if drop_to is not None:
             drop_privileges(drop_to)
         agent = Agent(args, capture, pipeline)
+        agent.reload = lambda: reload_routes(args, policy, agent.lock)
         agent.on_tick = lambda: connection.send(("snapshot", take_snapshot(agent, policy, metrics)))
         agent.capture_until_stopped()
         connection.send(("final", take_snapshot(agent, policy, metrics)))
@@ -385,7 +386,14 @@ def _serve_until_stopped(workers, state, stop_workers):
     def request_stop(number, frame):
         stop_requested.append(number)
 
+    def forward_reload(number, frame):
+        # Each worker keeps its own routes: pass the SIGHUP on.
+        for process, _ in workers:
+            if process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
+
     previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, forward_reload)
     previous_wakeup = signal.set_wakeup_fd(wake_writer.fileno(), warn_on_full_buffer=False)
     open_pipes = {receiver: index for index, (_, receiver) in enumerate(workers)}
     finished = set()

@@ -238,6 +238,7 @@ def run_live(args):
         return _fail(str(error))
 
     agent = Agent(args, capture, pipeline)
+    agent.reload = lambda: reload_routes(args, policy, agent.lock)
     registry.register(LockedCollector(metrics, agent.lock))
     registry.register(LockedCollector(HealthCollector(pipeline, policy), agent.lock))
     registry.register(LockedCollector(CaptureCollector(agent), agent.lock))
@@ -299,6 +300,25 @@ def describe_access(web_config):
     scheme = "HTTPS" if web_config.tls else "plain HTTP"
     auth = f"basic auth for {len(web_config.users)} users" if web_config.requires_auth else "no authentication"
     return f" ({scheme}, {auth})"
+
+
+def reload_routes(args, policy, lock):
+    """Re-read --routes-file and --routes-from after a SIGHUP; keep the old routes on error."""
+    from .cli import UsageError, endpoint_mapper_from
+
+    if not args.routes_file and not args.routes_from:
+        log.info("SIGHUP: no --routes-file or --routes-from to reload")
+        return
+    try:
+        mapper = endpoint_mapper_from(args)
+    except UsageError as error:
+        log.error("reloading the routes failed, the previous ones stay in use: %s", error)
+        return
+    with lock:
+        # The overflow counter is a Prometheus counter: it must not restart.
+        mapper.overflow_total = policy.mapper.overflow_total
+        policy.mapper = mapper
+    log.info("SIGHUP: reloaded the routes; route templates: %d", len(mapper.templates))
 
 
 def user_name():
@@ -397,6 +417,9 @@ class Agent:
         # Called once a second from the capture loop; fan-out workers send
         # their counters to the parent from it.
         self.on_tick = None
+        # Called from the capture loop after a SIGHUP.
+        self.reload = None
+        self.reload_requested = False
 
     def run(self, server):
         args = self.args
@@ -423,6 +446,7 @@ class Agent:
         wake_reader, wake_writer = socket.socketpair()
         wake_writer.setblocking(False)
         previous = {number: signal.signal(number, self._stop) for number in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._request_reload)
         previous_wakeup = signal.set_wakeup_fd(wake_writer.fileno(), warn_on_full_buffer=False)
         try:
             self._loop(wake_reader)
@@ -440,6 +464,9 @@ class Agent:
 
     def _stop(self, number, frame):
         self.stopping = True
+
+    def _request_reload(self, number, frame):
+        self.reload_requested = True
 
     def _loop(self, wake_reader):
         capture = self.capture
@@ -476,6 +503,10 @@ class Agent:
             if now < next_tick:
                 continue
             next_tick = now + TICK_S
+            if self.reload_requested:
+                self.reload_requested = False
+                if self.reload is not None:
+                    self.reload()
             self.heartbeat = now
             with self.lock:
                 self._read_statistics()
