@@ -151,7 +151,8 @@ class Stream:
             for payload, _, _, _ in self.ooo.values():
                 self._account_buffer(-len(payload))
                 self.flow.table.skip("after_close")
-            self.ooo = None
+            # Cleared in place: a _drain() up the stack may hold this dict.
+            self.ooo.clear()
         events = self.parser.close(ts, reset)
         if events:
             self.flow.on_events(events)
@@ -217,7 +218,7 @@ class Stream:
 
     def _drain(self, ts):
         ooo = self.ooo
-        while ooo:
+        while ooo and not self.closed:
             item = ooo.pop(self.next_seq, None)
             if item is not None:
                 self._account_buffer(-len(item[0]))
