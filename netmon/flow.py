@@ -185,7 +185,8 @@ class FlowTable:
     def __init__(self, limits, sink):
         self.limits = limits
         self.sink = sink
-        self.flows = {}
+        # Insertion-ordered with O(1) removal of the oldest entry, for eviction.
+        self.flows = collections.OrderedDict()
         self.inbound = DirectionCounters()
         self.outbound = DirectionCounters()
         self.parse_errors = collections.Counter()
@@ -223,8 +224,7 @@ class FlowTable:
         """Close and drop the oldest flow to bound memory."""
         if not self.flows:
             return
-        key = next(iter(self.flows))
-        flow = self.flows.pop(key)
+        _, flow = self.flows.popitem(last=False)
         if not flow.done:
             flow.close(flow.last_ts, reset=True)
         self.evicted[reason] += 1
