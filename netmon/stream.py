@@ -22,7 +22,7 @@ HALF = 0x80000000
 
 
 def seq_lt(a, b):
-    """Whether sequence number a comes before b (modulo 2**32)."""
+    """Return whether sequence number a comes before b (modulo 2**32)."""
     return a != b and ((b - a) & MASK) < HALF
 
 
@@ -72,7 +72,7 @@ class Stream:
         self.closed = False
 
     def syn(self, seq):
-        """A SYN starts the stream at a message boundary (ISN + 1)."""
+        """Start the stream after a SYN: at ISN + 1, on a message boundary."""
         if self.isn is None:
             self.isn = seq
         if self.next_seq is None:
@@ -125,7 +125,7 @@ class Stream:
         self._buffer(seq, payload, missing, ts, ack)
 
     def fin(self, end_seq, ts):
-        """A FIN at ``end_seq`` (the sequence number after the last data byte)."""
+        """Record a FIN at ``end_seq``, the sequence number after the last data byte."""
         if self.fin_seq is None:
             self.fin_seq = end_seq
         if self.next_seq is None:
