@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from live_support import free_port, netmon_command
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
@@ -44,16 +45,6 @@ VLAN_CLIENT_ADDRESS = "10.231.1.2"
 PREFIX = "scheduler_http"
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="packet capture needs root")
-
-
-def netmon_command(*arguments):
-    return [sys.executable, "-m", "netmon", *arguments]
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # -- namespaces -------------------------------------------------------------

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from test_live_soak import ROOT, free_port, scrape, wait_for_port
+from live_support import free_port
+from test_live_soak import ROOT, scrape, wait_for_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="live capture needs root")
 

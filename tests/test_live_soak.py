@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from corpus import parse_exposition
+from live_support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 5
@@ -22,12 +23,6 @@ CONNECTIONS_PER_ROUND = 300
 RSS_GROWTH_LIMIT_KB = 8 * 1024
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="live capture needs root")
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_port(port, timeout=10.0):
