@@ -215,6 +215,7 @@ def endless_chunked(body_bytes, limits):
     client_ip, client_port = client_address(0)
     client_isn, server_isn = 1000, 5000
     ts = T0
+
     request_end = client_isn + 1 + len(DOWNLOAD_REQUEST)
     for frame in (
         to_server(client_ip, client_port, client_isn, 0, SYN),
@@ -224,6 +225,7 @@ def endless_chunked(body_bytes, limits):
     ):
         pipeline.packet(ts, LINKTYPE_RAW, frame, len(frame))
         ts += 1e-4
+
     seq = server_isn + 1 + len(CHUNKED_HEAD)
     segments = -(-body_bytes // len(CHUNK_SEGMENT))
     max_buffered = 0
@@ -233,6 +235,7 @@ def endless_chunked(body_bytes, limits):
         seq += len(CHUNK_SEGMENT)
         ts += 5e-4  # about 1 Gbit/s
         max_buffered = max(max_buffered, table.buffered)
+
     outcome.max_buffered_seen = max_buffered
     outcome.packets = 4 + segments
     outcome.chunked_body_bytes = segments * len(CHUNK_SEGMENT)
@@ -300,7 +303,7 @@ def huge_header_line(line_bytes, limits):
 
 
 def pipelined_without_response(count, limits):
-    """Send `count` pipelined requests on one connection; the server only acknowledges them."""
+    """Send `count` pipelined requests on one connection, which the server only acknowledges."""
     sink = CountingSink()
     pipeline = Pipeline([SERVER_PORT], sink, limits)
     outcome = Outcome(pipeline, sink)
@@ -444,7 +447,7 @@ def test_endless_chunked_body_constant_memory():
     table = outcome.pipeline.table
     sink = outcome.sink
 
-    # Body bytes are counted, never stored: a few frames and the flow state.
+    # Body bytes are counted and never stored, so the peak is a few frames and the flow state.
     assert peak < 4 * 1024 * 1024, f"traced memory peak {peak} bytes"
     assert outcome.max_buffered_seen == 0
     assert outcome.transactions_before_finish == 0
@@ -485,7 +488,7 @@ def test_huge_header_line_bounded():
 def test_pipelined_requests_without_response_bounded():
     count = scale("pipelined_requests")
     limits = Limits()
-    # Not traced: tracemalloc makes 100,000 requests ten times slower.
+    # Not traced, because tracemalloc makes this scenario about seven times slower.
     outcome = pipelined_without_response(count, limits)
     table = outcome.pipeline.table
     sink = outcome.sink
