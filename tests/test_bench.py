@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from live_support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "scripts" / "bench"
@@ -69,14 +70,6 @@ def test_reference_loop_counts_packets():
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("16488 packets, 510 flows")
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @needs_root

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import pytest
 import yaml
 
 from corpus import parse_exposition
+from live_support import free_port, wait_for
 from netmon.routes import EndpointMapper, load_routes_file, normalize_method
 from test_dashboard import dashboard_targets, load_dashboard
 
@@ -97,12 +97,6 @@ def substitute_variables(expr):
     result = re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
     assert "$" not in result, result
     return result
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def http_get(url, timeout=5):
@@ -563,16 +557,6 @@ def running(command, **options):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
-
-
-def wait_for(condition, timeout, message):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(message)
 
 
 def live_scrape_config(metrics_port):
