@@ -71,7 +71,7 @@ def run(argv):
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # The reader of stdout went away (e.g. `| head`); nothing more to say.
+        # The reader of stdout went away (e.g. `| head`), so stop quietly.
         sys.stderr.close()
         return EXIT_OK
 

@@ -48,7 +48,7 @@ UPGRADE_WAIT = 7
 TUNNEL = 8
 SYNC = 9
 
-# Where bytes go that belong to no HTTP message.
+# Reasons for bytes that belong to no HTTP message.
 UNATTRIBUTED_REASONS = (
     "midstream",  # before the first message start of a capture that began mid-connection
     "not_http",   # bytes on the port that do not parse as HTTP/1.x
@@ -435,7 +435,7 @@ class MessageParser:
         self.sync_reason = reason
 
     def _abandon_head(self, ts, reason):
-        """A gap or the end of the stream cut a head: keep what it proves."""
+        """Keep what a head cut by a gap or the end of the stream proves."""
         head = self.head
         newline = head.find(b"\n")
         pattern = _REQUEST_LINE if self.is_request else _STATUS_LINE
@@ -681,7 +681,7 @@ class MessageParser:
         return pos
 
     def _trailer(self, data, pos, ts):
-        # Trailer lines end with an empty line; self.line holds a partial one.
+        # Trailer lines end with an empty line. A partial line waits in self.line.
         while pos < len(data):
             line, pos = self._take_line(data, pos, ts)
             if line is None:
@@ -692,7 +692,7 @@ class MessageParser:
         return pos
 
     def _framing_lost(self):
-        """The body's framing broke: end the message and look for the next."""
+        """End a message whose body framing broke, and look for the next start."""
         self.msg.complete = False
         self._finish()
         self.state = SYNC

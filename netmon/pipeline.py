@@ -105,7 +105,7 @@ class Pipeline:
 
     @staticmethod
     def _is_new_connection(flow, seq):
-        """Whether a client SYN starts a new connection on a reused 4-tuple."""
+        """Return whether a client SYN starts a new connection on a reused 4-tuple."""
         isn = flow.requests.isn
         if isn is not None:
             return seq != isn
@@ -124,8 +124,8 @@ class Pipeline:
         ticks = 0
         while ts >= self.next_tick:
             if ticks * interval >= MAX_TICK_GAP_S:
-                # A long silence in the capture: samples over Prometheus'
-                # 5-minute lookback say nothing new, so jump to the last tick.
+                # A long silence in the capture: samples beyond Prometheus'
+                # 5-minute lookback add nothing, so jump to the last tick.
                 self.tick_index = int(ts // interval)
                 self.next_tick = round(self.tick_index * interval, 6)
             self.tick(self.next_tick)
