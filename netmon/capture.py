@@ -191,6 +191,21 @@ class CaptureFile:
                 self.path, f"read failed: {error}", self.packets + 1
             ) from None
 
+    def _refill(self, buf, pos, offset, size, packets, cut):
+        """Return (unread tail of buf plus the next read, its file offset).
+
+        At the end of the file, raise CaptureError with ``cut`` when a record
+        was cut short there, or return (None, offset) for a clean end.
+        """
+        more = self._read(size)
+        if not more:
+            self.packets = packets
+            if cut is not None:
+                raise CaptureError(self.path, cut, packets + 1, offset + pos)
+            self._end_of_file()
+            return None, offset
+        return buf[pos:] + more, offset + pos
+
     def _pcap(self, head):
         self.format = "pcap"
         magic = head[:4]
@@ -225,20 +240,10 @@ class CaptureFile:
         while True:
             avail = len(buf) - pos
             if avail < header_size:
-                more = self._read(BLOCK_SIZE)
-                if not more:
-                    self.packets = packets
-                    if avail:
-                        raise CaptureError(
-                            path,
-                            f"file ends inside a record header ({avail} of {header_size} bytes)",
-                            packets + 1,
-                            offset + pos,
-                        )
-                    self._end_of_file()
+                cut = f"file ends inside a record header ({avail} of {header_size} bytes)" if avail else None
+                buf, offset = self._refill(buf, pos, offset, BLOCK_SIZE, packets, cut)
+                if buf is None:
                     return
-                offset += pos
-                buf = buf[pos:] + more
                 pos = 0
                 continue
             sec, frac, caplen, wirelen = unpack_record(buf, pos)
@@ -252,17 +257,8 @@ class CaptureFile:
                 )
             end = pos + header_size + caplen
             if end > len(buf):
-                more = self._read(max(BLOCK_SIZE, end - len(buf)))
-                if not more:
-                    self.packets = packets
-                    raise CaptureError(
-                        path,
-                        f"file ends inside packet data ({len(buf) - pos - header_size} of {caplen} bytes)",
-                        packets + 1,
-                        offset + pos,
-                    )
-                offset += pos
-                buf = buf[pos:] + more
+                cut = f"file ends inside packet data ({len(buf) - pos - header_size} of {caplen} bytes)"
+                buf, offset = self._refill(buf, pos, offset, max(BLOCK_SIZE, end - len(buf)), packets, cut)
                 pos = 0
                 continue
             data = buf[pos + header_size:end]
@@ -288,17 +284,10 @@ class CaptureFile:
         while True:
             avail = len(buf) - pos
             if avail < 12:
-                more = self._read(BLOCK_SIZE)
-                if not more:
-                    self.packets = packets
-                    if avail:
-                        raise CaptureError(
-                            path, "file ends inside a pcapng block header", packets + 1, offset + pos
-                        )
-                    self._end_of_file()
+                cut = "file ends inside a pcapng block header" if avail else None
+                buf, offset = self._refill(buf, pos, offset, BLOCK_SIZE, packets, cut)
+                if buf is None:
                     return
-                offset += pos
-                buf = buf[pos:] + more
                 pos = 0
                 continue
             if buf[pos:pos + 4] == PCAPNG_SHB:
@@ -320,17 +309,8 @@ class CaptureFile:
                 )
             end = pos + block_len
             if end > len(buf):
-                more = self._read(max(BLOCK_SIZE, end - len(buf)))
-                if not more:
-                    self.packets = packets
-                    raise CaptureError(
-                        path,
-                        f"file ends inside a pcapng block ({len(buf) - pos} of {block_len} bytes)",
-                        packets + 1,
-                        offset + pos,
-                    )
-                offset += pos
-                buf = buf[pos:] + more
+                cut = f"file ends inside a pcapng block ({len(buf) - pos} of {block_len} bytes)"
+                buf, offset = self._refill(buf, pos, offset, max(BLOCK_SIZE, end - len(buf)), packets, cut)
                 pos = 0
                 continue
             body = pos + 8
